@@ -1,0 +1,121 @@
+"""The learner: a network, a stock ``torch.optim`` optimizer and a loss.
+
+``observe`` performs one update and reports the loss and the number of
+correct predictions from the *same* forward pass, before the update
+(online / prequential accuracy, as Dohare et al. measure it).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from registry import ConfigError
+
+LOSSES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    "cross_entropy": F.cross_entropy,
+    "mse": lambda out, y: F.mse_loss(out.squeeze(-1), y),
+}
+
+Penalty = Callable[[nn.Module], torch.Tensor]
+
+
+@dataclass
+class StepInfo:
+    """What one update saw. Tensors stay on the run's device (no host sync).
+
+    ``loss``: the data loss (without penalties), detached, 0-d;
+    ``correct``: number of correct pre-update predictions, 0-d int tensor;
+    ``features``: post-activation output of each hidden layer from the
+    pre-update forward pass (what continual backprop's utility reads).
+    """
+
+    x: torch.Tensor
+    y: torch.Tensor
+    logits: torch.Tensor
+    loss: torch.Tensor
+    correct: torch.Tensor
+    features: list[torch.Tensor] = field(default_factory=list)
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.y.shape[0])
+
+
+class Agent:
+    """Network + optimizer + loss; everything else is an intervention.
+
+    ``penalties`` are callables ``model -> scalar`` added to the loss before
+    backward (L2, L2-init, spectral regularisation register them).
+    """
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, loss: str = "cross_entropy"):
+        if loss not in LOSSES:
+            raise ConfigError("agent.loss", loss, LOSSES)
+        self.model, self.optimizer = model, optimizer
+        self.loss_name, self.loss_fn = loss, LOSSES[loss]
+        self.penalties: list[Penalty] = []
+        self._mask: torch.Tensor | None = None
+
+    @property
+    def hidden_names(self) -> list[str]:
+        return list(self.model.hidden_names)
+
+    def use_head(self, classes: tuple[int, ...] | None) -> None:
+        """Restrict the logits to ``classes`` (a task's head), or lift the mask."""
+        self._mask = self._head_mask(classes)
+
+    def _head_mask(self, classes: tuple[int, ...] | None) -> torch.Tensor | None:
+        if classes is None:
+            return None
+        out = self.model.linears[-1].out_features
+        ref = self.model.linears[-1].weight
+        mask = torch.full((out,), float("-inf"), device=ref.device, dtype=ref.dtype)
+        mask[list(classes)] = 0.0
+        return mask
+
+    def observe(self, x: torch.Tensor, y: torch.Tensor) -> StepInfo:
+        """One update on the batch (x, y); metrics from the pre-update forward."""
+        self.model.train()
+        logits, feats = self.model.forward_features(x)
+        if self._mask is not None:
+            logits = logits + self._mask
+        loss = self.loss_fn(logits, y)
+        total = loss
+        for penalty in self.penalties:
+            total = total + penalty(self.model)
+        self.optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        self.optimizer.step()
+        logits = logits.detach()
+        correct = (logits.argmax(1) == y).sum() if self.loss_name == "cross_entropy" else torch.zeros((), dtype=torch.long)
+        return StepInfo(x, y, logits, loss.detach(), correct, [f.detach() for f in feats])
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor, classes: tuple[int, ...] | None = None) -> torch.Tensor:
+        """Logits for ``x`` (masked to ``classes`` when given), in eval mode."""
+        was_training = self.model.training
+        self.model.eval()
+        logits = self.model(x)
+        self.model.train(was_training)
+        mask = self._head_mask(classes)
+        return logits if mask is None else logits + mask
+
+    @torch.no_grad()
+    def features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Post-activation output of each named hidden layer for ``x``."""
+        was_training = self.model.training
+        self.model.eval()
+        _, feats = self.model.forward_features(x)
+        self.model.train(was_training)
+        return dict(zip(self.hidden_names, feats))
+
+    def state_dict(self) -> dict:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])

@@ -1,0 +1,24 @@
+"""Interventions: everything that is not plain backprop.
+
+An intervention is a plain object implementing any of these hooks, named by
+the moment the runner calls them (the runner skips hooks an object lacks, so
+an unused hook costs nothing per step):
+
+- ``on_task_start(agent, task) -> dict | None``
+- ``before_step(agent, x, y) -> None``
+- ``penalty(model) -> Tensor`` — added to the loss before backward
+- ``after_step(agent, info: StepInfo) -> dict | None`` — after the optimizer step
+- ``on_task_end(agent, task) -> dict | None``
+
+Returned dicts are records (``{"name/with/slashes": value}``) the runner
+hands to the sinks. State worth checkpointing goes in ``state_dict`` /
+``load_state_dict``. Register one with ``@interventions.register("name")`` on
+a dataclass whose fields are its parameters.
+"""
+from registry import Registry
+
+interventions = Registry("intervention")
+
+HOOKS = ("on_task_start", "before_step", "penalty", "after_step", "on_task_end")
+
+__all__ = ["interventions", "HOOKS"]

@@ -1,0 +1,74 @@
+"""Networks built from config, with named hidden layers.
+
+The MLP follows Dohare et al. (2024): Linear layers with Kaiming-uniform
+weights (gain of the activation; the output layer with the linear gain, 1)
+and zero biases.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from agents.activations import init_gain, make_activation, width_factor
+from registry import ConfigError
+
+
+class MLP(nn.Module):
+    """``in -> [Linear -> (LayerNorm) -> act] x len(hidden) -> Linear -> out``.
+
+    Hidden layer ``i`` (1-based) is named ``h{i}``: ``linears[i-1]`` feeds it
+    and ``linears[i]`` reads it. ``forward_features`` returns the logits and
+    each hidden layer's post-activation output, from one forward pass.
+    """
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden: list[int],
+        output_size: int,
+        activation: str = "relu",
+        activation_params: dict[str, Any] | None = None,
+        bias: bool = True,
+        layer_norm: bool = False,
+    ):
+        super().__init__()
+        if not hidden or any((not isinstance(w, int)) or w < 1 for w in hidden):
+            raise ConfigError("agent.hidden", list(hidden), "a non-empty list of positive layer widths")
+        params = dict(activation_params or {})
+        factor = width_factor(activation)
+        self.hidden_names = [f"h{i + 1}" for i in range(len(hidden))]
+        self.activation = activation
+        sizes_in = [input_size] + [w * factor for w in hidden]
+        sizes_out = list(hidden) + [output_size]
+        self.linears = nn.ModuleList(nn.Linear(i, o, bias=bias) for i, o in zip(sizes_in, sizes_out))
+        self.norms = nn.ModuleList(nn.LayerNorm(w) if layer_norm else nn.Identity() for w in hidden)
+        self.acts = nn.ModuleList(make_activation(activation, w, **params) for w in hidden)
+        self.gain = init_gain(activation, params)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Kaiming-uniform weights (bound = gain * sqrt(3 / fan_in)), zero biases."""
+        for i, layer in enumerate(self.linears):
+            gain = 1.0 if i == len(self.linears) - 1 else self.gain
+            bound = gain * (3.0 / layer.in_features) ** 0.5
+            with torch.no_grad():
+                layer.weight.uniform_(-bound, bound)
+                if layer.bias is not None:
+                    layer.bias.zero_()
+        for norm in self.norms:
+            if isinstance(norm, nn.LayerNorm):
+                norm.reset_parameters()
+
+    def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        feats = []
+        for linear, norm, act in zip(self.linears[:-1], self.norms, self.acts):
+            x = act(norm(linear(x)))
+            feats.append(x)
+        return self.linears[-1](x), feats
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for linear, norm, act in zip(self.linears[:-1], self.norms, self.acts):
+            x = act(norm(linear(x)))
+        return self.linears[-1](x)

@@ -1,0 +1,44 @@
+"""Optimizers: any ``torch.optim`` class by (case-insensitive) name."""
+from __future__ import annotations
+
+import inspect
+from typing import Any, Iterable
+
+import torch
+
+from registry import ConfigError
+
+
+def optimizer_names() -> list[str]:
+    """Lower-case names of every optimizer class in ``torch.optim``."""
+    return sorted(
+        n.lower() for n, c in vars(torch.optim).items()
+        if inspect.isclass(c) and issubclass(c, torch.optim.Optimizer) and c is not torch.optim.Optimizer
+    )
+
+
+def optimizer_class(name: str) -> type[torch.optim.Optimizer]:
+    for n, c in vars(torch.optim).items():
+        if n.lower() == str(name).lower() and inspect.isclass(c) and issubclass(c, torch.optim.Optimizer):
+            return c
+    raise ConfigError("agent.optimizer.name", name, optimizer_names())
+
+
+def make_optimizer(params: Iterable[torch.nn.Parameter], name: str, lr: float, **kwargs: Any) -> torch.optim.Optimizer:
+    """``torch.optim.<name>(params, lr=lr, **kwargs)``; ``None`` kwargs are dropped.
+
+    Raises ConfigError for an unknown name, a non-positive lr or a keyword the
+    optimizer does not take (listing those it does).
+    """
+    cls = optimizer_class(name)
+    if not isinstance(lr, (int, float)) or isinstance(lr, bool) or not lr > 0:
+        raise ConfigError("agent.optimizer.lr", lr, "a positive number")
+    kwargs = {k: v for k, v in kwargs.items() if v is not None}
+    valid = [p for p in inspect.signature(cls).parameters if p not in ("params", "lr")]
+    for key, value in kwargs.items():
+        if key not in valid:
+            raise ConfigError(f"agent.optimizer.{key}", value, f"a parameter of torch.optim.{cls.__name__}: {', '.join(valid)}")
+    try:
+        return cls(params, lr=lr, **kwargs)
+    except (ValueError, TypeError) as err:
+        raise ConfigError(f"agent.optimizer ({cls.__name__})", kwargs, str(err)) from None

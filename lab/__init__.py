@@ -1,0 +1,1 @@
+"""plasticity-lab: the runner, CLI, sinks, checkpoints and plots."""

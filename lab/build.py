@@ -1,0 +1,87 @@
+"""Config -> objects: the stream, the agent and its interventions.
+
+Everything is built before the first training step, so an unknown name or a
+bad value fails at once (ConfigError) rather than mid-run.
+"""
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from agents import MLP, Agent, interventions
+from agents.optimizers import make_optimizer
+from registry import ConfigError
+from streams import Stream, streams
+
+
+def as_dict(node: Any) -> dict[str, Any]:
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node or {})
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError("device", name, "cpu, cuda, cuda:N or auto") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device", name, "cpu or auto (no CUDA device is visible on this machine)")
+    return device
+
+
+def build_stream(cfg: DictConfig) -> Stream:
+    params = as_dict(cfg.stream)
+    name = params.pop("name")
+    cls = streams.get(name)
+    streams.check_params(name, params)
+    return cls(**params).build(cfg.seed, cfg.data.root)
+
+
+def build_agent(cfg: DictConfig, stream: Stream, device: torch.device) -> Agent:
+    act = as_dict(cfg.activation)
+    name = act.pop("name")
+    hidden = list(cfg.agent.hidden)
+    net = MLP(int(np.prod(stream.input_shape)), hidden, stream.output_size, activation=name, activation_params=act,
+              bias=cfg.agent.bias, layer_norm=cfg.agent.layer_norm).to(device)
+    opt = as_dict(cfg.agent.optimizer)
+    optimizer = make_optimizer(net.parameters(), opt.pop("name"), opt.pop("lr"), **opt)
+    return Agent(net, optimizer, loss=cfg.agent.loss)
+
+
+def build_interventions(cfg: DictConfig) -> list[Any]:
+    """One instance per entry of ``cfg.interventions`` (name -> parameters)."""
+    out = []
+    for name, params in as_dict(cfg.interventions).items():
+        cls = interventions.get(name)
+        params = dict(params or {})
+        interventions.check_params(name, params)
+        try:
+            out.append(cls(**params))
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"interventions.{name}", params, str(err)) from None
+    return out
+
+
+def check_train(cfg: DictConfig) -> None:
+    """Validate the ``train`` section (positive sizes and cadences)."""
+    t = cfg.train
+    for key in ("batch_size", "epochs", "eval_every", "log_every"):
+        if t[key] < 1:
+            raise ConfigError(f"train.{key}", t[key], "a positive integer")
+    if t.eval_window is not None and t.eval_window < 1:
+        raise ConfigError("train.eval_window", t.eval_window, "a positive integer or null (all tasks seen)")
+    if cfg.progress not in ("auto", "bar", "lines", "off"):
+        raise ConfigError("progress", cfg.progress, ("auto", "bar", "lines", "off"))
+    if cfg.wandb.mode not in ("auto", "online", "offline"):
+        raise ConfigError("wandb.mode", cfg.wandb.mode, ("auto", "online", "offline"))

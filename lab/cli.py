@@ -1,0 +1,192 @@
+"""``lab``: run, resume, list and plot experiments.
+
+Bad input exits with status 2 and one line on stderr (no traceback); a loss
+that turns NaN/inf exits with status 3 after keeping the last checkpoint.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from registry import ConfigError
+
+EXIT_BAD_INPUT, EXIT_NONFINITE = 2, 3
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(prog="lab", description="plasticity-lab: continual-learning and loss-of-plasticity experiments")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_run = sub.add_parser("run", help="train; Hydra overrides key=value, --multirun to sweep")
+    p_run.add_argument("--multirun", "-m", action="store_true", help="sweep comma-separated values (Hydra launcher)")
+    p_run.add_argument("overrides", nargs="*", help="e.g. experiment=split_mnist seed=3 agent.optimizer.lr=0.01")
+    p_res = sub.add_parser("resume", help="continue a killed run from its last checkpoint")
+    p_res.add_argument("out_dir")
+    p_list = sub.add_parser("list", help="every registered name with its parameters")
+    p_list.add_argument("--json", action="store_true")
+    p_plot = sub.add_parser("plot", help="write the plots of run directories")
+    p_plot.add_argument("run_dirs", nargs="+")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "run":
+            return _multirun(args.overrides) if args.multirun else _run(args.overrides)
+        if args.command == "resume":
+            return _resume(Path(args.out_dir))
+        if args.command == "list":
+            return _list(args.json)
+        if args.command == "plot":
+            return _plot([Path(d) for d in args.run_dirs])
+    except ConfigError as err:
+        print(f"lab: error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    return 0
+
+
+def _train(cfg: Any, out_dir: Any = None, resume: bool = False) -> int:
+    from lab.runner import NonFiniteLoss, run
+
+    try:
+        summary = run(cfg, out_dir, resume=resume)
+    except NonFiniteLoss as err:
+        print(f"lab: error: {err}", file=sys.stderr)
+        return EXIT_NONFINITE
+    _print_summary(summary)
+    return 0
+
+
+def _run(overrides: list[str]) -> int:
+    from lab.config import compose_config
+
+    return _train(compose_config(overrides))
+
+
+def _resume(out: Path) -> int:
+    from omegaconf import OmegaConf
+
+    from registry import load_plugins
+
+    if not (out / "config.yaml").is_file():
+        raise ConfigError("out_dir", str(out), "a run directory holding config.yaml (written by `lab run`)")
+    cfg = OmegaConf.load(out / "config.yaml")
+    load_plugins(list(cfg.plugins))
+    if (out / "summary.json").is_file():
+        print(f"{out} already finished; nothing to resume")
+        return 0
+    return _train(cfg, out, resume=True)
+
+
+def _multirun(overrides: list[str]) -> int:
+    """Sweep with Hydra's multirun (its launcher spreads the jobs); each job is
+    a normal run in ``runs/multirun/<time>/<job number>``."""
+    import hydra
+    from hydra.core.hydra_config import HydraConfig
+
+    from lab.config import compose_config, config_dir
+
+    for combo in _first_values(overrides):
+        compose_config(combo)  # every name and value valid before any job starts
+    sweep_dir = Path("runs") / "multirun" / datetime.now().strftime("%Y%m%d-%H%M%S")
+    codes: list[int] = []
+
+    @hydra.main(config_path=config_dir(), config_name="config", version_base=None)
+    def job(cfg: Any) -> None:
+        codes.append(_train(cfg, HydraConfig.get().runtime.output_dir))
+
+    saved = sys.argv
+    sys.argv = ["lab", "--multirun", *overrides, f"hydra.sweep.dir={sweep_dir}", "hydra.sweep.subdir=${hydra.job.num}",
+                "hydra/job_logging=disabled", "hydra/hydra_logging=disabled"]
+    try:
+        job()
+    finally:
+        sys.argv = saved
+    print(f"sweep: {len(codes)} runs under {sweep_dir}")
+    return max(codes, default=0)
+
+
+def _first_values(overrides: list[str]) -> list[list[str]]:
+    """Overrides with each swept ``a,b,c`` value replaced by each of its values
+    in turn (one list per position), to validate every value before sweeping."""
+    combos = []
+    for i, o in enumerate(overrides):
+        key, _, value = o.partition("=")
+        if "," in value and not value.startswith("[") and not key.startswith("hydra"):
+            for v in value.split(","):
+                combos.append([*overrides[:i], f"{key}={v}", *[_first(x) for x in overrides[i + 1:]]])
+    return combos or [[_first(o) for o in overrides]]
+
+
+def _first(o: str) -> str:
+    key, _, value = o.partition("=")
+    return f"{key}={value.split(',')[0]}" if "," in value and not value.startswith("[") else o
+
+
+def _list(as_json: bool) -> int:
+    from agents import activations, interventions
+    from agents.optimizers import optimizer_names
+    from lab.config import config_dir
+    from streams import streams
+
+    table = {
+        "experiments": {p.stem: {} for p in sorted(Path(config_dir(), "experiment").glob("*.yaml"))},
+        "streams": {n: streams.params(n) for n in streams.names()},
+        "activations": {n: activations.params(n) for n in activations.names()},
+        "interventions": {n: interventions.params(n) for n in interventions.names()},
+        "optimizers": {n: {} for n in optimizer_names()},
+        "sinks": {"jsonl": {}, "wandb": {"mode": "auto|online|offline"}},
+    }
+    if as_json:
+        print(json.dumps(table, indent=1, default=str))
+        return 0
+    for kind, entries in table.items():
+        print(f"{kind}:")
+        for name, params in entries.items():
+            ps = ", ".join(f"{k}={v!r}" for k, v in params.items())
+            print(f"  {name}" + (f"  ({ps})" if ps else ""))
+    return 0
+
+
+def _plot(dirs: list[Path]) -> int:
+    from lab.plots import plot_run
+
+    for d in dirs:
+        if not (d / "summary.json").is_file():
+            raise ConfigError("run_dir", str(d), "a finished run directory holding summary.json")
+        for path in plot_run(d, json.loads((d / "summary.json").read_text())):
+            print(path)
+    return 0
+
+
+def _print_summary(s: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    def fmt(v: Any) -> str:
+        return "-" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v)
+
+    acc = s["online_accuracy"]
+    head = acc[: max(1, len(acc) // 10)]
+    tail = acc[-max(1, len(acc) // 10):]
+    table = Table(title=f"{s['experiment']} · {s['activation']} · seed {s['seed']}")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    for name, value in [
+        ("tasks trained", s["tasks_trained"]),
+        (f"online accuracy, first {len(head)} tasks", sum(head) / len(head) if head else None),
+        (f"online accuracy, last {len(tail)} tasks", sum(tail) / len(tail) if tail else None),
+        ("average test accuracy (final)", s["avg_accuracy"]),
+        ("backward transfer (BWT)", s["bwt"]),
+        ("forgetting (Chaudhry)", s["forgetting"]),
+        ("examples / s", f"{s['examples_per_s']:.0f}"),
+        ("wall time (s)", f"{s['wall_time_s']:.1f}"),
+    ]:
+        table.add_row(name, fmt(value))
+    console = Console()
+    console.print(table)
+    console.print(f"output: {s['out_dir']}")
+    console.print("plots:  " + "  ".join(s["plots"]))
+    if s.get("wandb_sync"):
+        console.print(f"W&B ran offline (no login or no network); upload later with: {s['wandb_sync']}")

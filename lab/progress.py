@@ -1,0 +1,55 @@
+"""Progress display: task k/N, examples/s and ETA.
+
+A live bar (rich) on a terminal; on a pipe or a log file, one plain line
+every ~5 % of the tasks instead of an animation.
+"""
+from __future__ import annotations
+
+import sys
+import time
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress as RichProgress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+
+class Progress:
+    def __init__(self, num_tasks: int, examples_per_task: int, first_task: int = 0, mode: str = "auto"):
+        self.num_tasks, self.per_task = num_tasks, examples_per_task
+        self.console = Console(stderr=True)
+        live = mode == "bar" or (mode == "auto" and sys.stderr.isatty())
+        self.quiet = mode == "off"
+        self.t0, self.examples = time.perf_counter(), 0
+        self.first_task = first_task
+        self.bar = None
+        if live and not self.quiet:
+            self.bar = RichProgress(
+                TextColumn("[bold]task {task.fields[task]}/{task.fields[tasks]}"), BarColumn(),
+                TextColumn("{task.fields[rate]:>8.0f} ex/s"), TextColumn("acc {task.fields[acc]}"),
+                TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=self.console, transient=False,
+            )
+            self.bar.start()
+            done = first_task * examples_per_task
+            self.id = self.bar.add_task("train", total=num_tasks * examples_per_task, completed=done,
+                                        task=first_task + 1, tasks=num_tasks, rate=0.0, acc="-")
+
+    def rate(self) -> float:
+        return self.examples / max(time.perf_counter() - self.t0, 1e-9)
+
+    def advance(self, examples: int, task: int) -> None:
+        self.examples += examples
+        if self.bar is not None:
+            self.bar.update(self.id, advance=examples, task=task + 1, rate=self.rate())
+
+    def task_done(self, task: int, online_acc: float) -> None:
+        if self.bar is not None:
+            self.bar.update(self.id, acc=f"{online_acc:.3f}")
+            return
+        every = max(1, self.num_tasks // 20)
+        if not self.quiet and ((task + 1) % every == 0 or task + 1 == self.num_tasks):
+            remaining = (self.num_tasks - task - 1) * self.per_task / max(self.rate(), 1e-9)
+            print(f"task {task + 1}/{self.num_tasks}  online acc {online_acc:.3f}  {self.rate():.0f} ex/s  "
+                  f"ETA {remaining:.0f} s", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()

@@ -1,0 +1,276 @@
+"""The training loop: task after task, hooks at fixed moments, records to sinks.
+
+Order per task (DESIGN.md): ``on_task_start`` -> per batch ``before_step`` ->
+forward/backward/optimizer step -> ``after_step`` -> ``on_task_end`` ->
+evaluation -> records -> checkpoint. The hot path reads nothing back from the
+device: online accuracy and loss accumulate in device tensors and are read
+every ``train.log_every`` steps.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from agents import Agent, StepInfo
+from agents.interventions import HOOKS
+from lab import checkpoint
+from lab.build import as_dict, build_agent, build_interventions, build_stream, check_train, resolve_device, seed_everything
+from lab.progress import Progress
+from lab.results import Results
+from lab.sinks import JsonlSink, Sink, close_all, emit
+from streams import Stream, Task, task_rng
+
+EVAL_CHUNK = 2048
+
+
+class NonFiniteLoss(RuntimeError):
+    """The training loss became NaN or infinite; the last checkpoint is kept."""
+
+
+@dataclass
+class Hooks:
+    """Bound hook methods of the interventions, grouped by moment; an object
+    without a hook is simply absent from that list (no per-step cost)."""
+
+    on_run_start: list[Callable] = field(default_factory=list)
+    on_task_start: list[Callable] = field(default_factory=list)
+    before_step: list[Callable] = field(default_factory=list)
+    penalty: list[Callable] = field(default_factory=list)
+    after_step: list[Callable] = field(default_factory=list)
+    on_task_end: list[Callable] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, objects: list[Any]) -> "Hooks":
+        hooks = cls()
+        for obj in objects:
+            for moment in ("on_run_start", *HOOKS):
+                fn = getattr(obj, moment, None)
+                if callable(fn):
+                    getattr(hooks, moment).append(fn)
+        return hooks
+
+
+def default_out_dir(cfg: DictConfig) -> Path:
+    base = Path("runs") / str(cfg.experiment) / datetime.now().strftime("%Y%m%d-%H%M%S")
+    out, i = base, 1
+    while out.exists():
+        out, i = base.with_name(f"{base.name}-{i}"), i + 1
+    return out
+
+
+@dataclass
+class RunContext:
+    cfg: DictConfig
+    out: Path
+    stream: Stream
+    agent: Agent
+    interventions: list[Any]
+    hooks: Hooks
+    sinks: list[Sink]
+    results: Results
+    step: int = 0
+
+
+def run(cfg: DictConfig, out_dir: str | Path | None = None, resume: bool = False) -> dict[str, Any]:
+    """Train ``cfg`` to the end (or from the last checkpoint with ``resume``).
+
+    Returns the summary also written to ``out_dir/summary.json``.
+    """
+    check_train(cfg)
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    device = resolve_device(cfg.device)
+    seed_everything(cfg.seed)
+    stream = build_stream(cfg)
+    agent = build_agent(cfg, stream, device)
+    ivs = build_interventions(cfg)
+    out = Path(out_dir or cfg.out_dir or default_out_dir(cfg))
+    ckpt = checkpoint.load(out / "checkpoints") if resume else None
+    out.mkdir(parents=True, exist_ok=True)
+    if not resume:
+        OmegaConf.save(cfg, out / "config.yaml", resolve=True)
+    hooks = Hooks.of(ivs)
+    agent.penalties = list(hooks.penalty)
+    results, first, step, wandb_id = Results(), 0, 0, None
+    if ckpt is not None:
+        agent.load_state_dict(ckpt["agent"])
+        for iv, state in zip(ivs, ckpt["interventions"]):
+            if state is not None:
+                iv.load_state_dict(state)
+        checkpoint.set_rng_state(ckpt["rng"])
+        results, first, step, wandb_id = Results(**ckpt["results"]), ckpt["next_task"], ckpt["step"], ckpt["wandb_id"]
+    else:
+        for h in hooks.on_run_start:
+            h(agent)
+    jsonl = JsonlSink(out / "metrics.jsonl", truncate_to=ckpt["jsonl_offset"] if ckpt else (0 if resume else None))
+    sinks: list[Sink] = [jsonl]
+    wandb_sink = _open_wandb(cfg, out, wandb_id)
+    if wandb_sink is not None:
+        sinks.append(wandb_sink)
+    ctx = RunContext(cfg, out, stream, agent, ivs, hooks, sinks, results, step)
+    per_task = stream.task(first).num_train * cfg.train.epochs if first < stream.num_tasks else 0
+    progress = Progress(stream.num_tasks, per_task, first, cfg.progress)
+    t_start = time.perf_counter()
+    try:
+        for k in range(first, stream.num_tasks):
+            _run_task(ctx, stream.task(k).to(device), progress, device)
+            if cfg.train.checkpoint:
+                checkpoint.save(out / "checkpoints", {
+                    "agent": agent.state_dict(),
+                    "interventions": [iv.state_dict() if hasattr(iv, "state_dict") else None for iv in ivs],
+                    "rng": checkpoint.rng_state(), "next_task": k + 1, "step": ctx.step, "results": results.to_dict(),
+                    "jsonl_offset": jsonl.offset(), "wandb_id": wandb_sink.run_id if wandb_sink else None,
+                })
+    finally:
+        progress.close()
+        if wandb_sink is not None and results.acc_matrix:
+            _log_matrix(wandb_sink, results)
+        close_all(sinks)
+    summary = _summary(cfg, results, time.perf_counter() - t_start, wandb_sink)
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    from lab.plots import plot_run
+
+    summary["plots"] = [str(p) for p in plot_run(out, summary)]
+    summary["out_dir"] = str(out)
+    return summary
+
+
+def _open_wandb(cfg: DictConfig, out: Path, run_id: str | None):
+    if not cfg.wandb.enabled:
+        return None
+    from lab.wandb_sink import WandbSink
+
+    w = cfg.wandb
+    return WandbSink(out, as_dict(cfg), project=w.project, entity=w.entity, group=w.group or cfg.experiment,
+                     name=w.name or f"{cfg.experiment}-s{cfg.seed}", tags=list(w.tags), job_type=w.job_type,
+                     mode=w.mode, run_id=run_id)
+
+
+def _run_task(ctx: RunContext, task: Task, progress: Progress, device: torch.device) -> None:
+    """Train one task, evaluate, emit its records."""
+    cfg, agent = ctx.cfg, ctx.agent
+    agent.use_head(task.classes if ctx.stream.scenario == "task" else None)
+    for h in ctx.hooks.on_task_start:
+        _emit(ctx, task.id, h(agent, task))
+    t0 = time.perf_counter()
+    correct, loss, seen = _train_epochs(ctx, task, progress, device)
+    ctx.results.train_seconds += time.perf_counter() - t0
+    ctx.results.examples += seen
+    for h in ctx.hooks.on_task_end:
+        _emit(ctx, task.id, h(agent, task))
+    k = task.id
+    last = k == ctx.stream.num_tasks - 1
+    evals = evaluate(agent, ctx.stream, task, cfg.train.eval_window) if (last or (k + 1) % cfg.train.eval_every == 0) else {}
+    online = correct / max(seen, 1)
+    ctx.results.add_task(online, loss / max(seen, 1), evals)
+    record = {"train/task_online_acc": online, "train/task_loss": loss / max(seen, 1),
+              "perf/examples_per_s": ctx.results.examples / max(ctx.results.train_seconds, 1e-9)}
+    record.update({f"eval/acc/task_{j}": a for j, a in evals.items()})
+    if evals:
+        record.update({f"eval/{name}": v for name, v in ctx.results.scores().items() if v is not None})
+    _emit(ctx, k, record)
+    progress.task_done(k, online)
+
+
+def _train_epochs(ctx: RunContext, task: Task, progress: Progress, device: torch.device) -> tuple[float, float, int]:
+    """The hot loop. Returns (correct, summed loss, examples) read once at the end."""
+    cfg, agent, hooks = ctx.cfg, ctx.agent, ctx.hooks
+    bs, log_every = cfg.train.batch_size, cfg.train.log_every
+    before, after = hooks.before_step, hooks.after_step
+    correct = torch.zeros((), dtype=torch.long, device=device)
+    loss_sum = torch.zeros((), device=device)
+    n, seen, read = task.num_train, 0, (0, 0.0, 0)
+    for epoch in range(cfg.train.epochs):
+        g = torch.Generator().manual_seed(int(task_rng(cfg.seed, task.id, f"order{epoch}").integers(2**62)))
+        order = torch.randperm(n, generator=g).to(device)
+        xs, ys = task.x_train[order], task.y_train[order]
+        for i in range(0, n, bs):
+            xb, yb = xs[i:i + bs], ys[i:i + bs]
+            for h in before:
+                h(agent, xb, yb)
+            info = agent.observe(xb, yb)
+            correct.add_(info.correct)
+            loss_sum.add_(info.loss, alpha=yb.shape[0])
+            for h in after:
+                _emit(ctx, task.id, h(agent, info))
+            ctx.step += 1
+            seen += yb.shape[0]
+            if ctx.step % log_every == 0:
+                read = _log_window(ctx, task.id, correct, loss_sum, seen, read, progress)
+    read = _log_window(ctx, task.id, correct, loss_sum, seen, read, progress, record=False)
+    return read[0], read[1], seen
+
+
+def _log_window(ctx: RunContext, task_id: int, correct: torch.Tensor, loss_sum: torch.Tensor, seen: int,
+                read: tuple[int, float, int], progress: Progress, record: bool = True) -> tuple[int, float, int]:
+    """Read the accumulators (the loop's only host sync), check the loss is
+    finite and emit the window's record. Returns the new read-out."""
+    c, l = int(correct.item()), float(loss_sum.item())
+    if not math.isfinite(l):
+        raise NonFiniteLoss(f"the training loss became {l} at step {ctx.step} (task {task_id}); "
+                            f"the last checkpoint (end of task {task_id - 1}) is kept in {ctx.out / 'checkpoints'}; "
+                            f"try a smaller agent.optimizer.lr (now {ctx.cfg.agent.optimizer.lr})")
+    dn = seen - read[2]
+    if dn:
+        progress.advance(dn, task_id)
+        if record:
+            _emit(ctx, task_id, {"train/loss": (l - read[1]) / dn, "train/online_acc": (c - read[0]) / dn})
+    return c, l, seen
+
+
+def _emit(ctx: RunContext, task_id: int, record: dict[str, Any] | None) -> None:
+    if record:
+        emit(ctx.sinks, {"step": ctx.step, "task": task_id, **record})
+
+
+@torch.no_grad()
+def evaluate(agent: Agent, stream: Stream, current: Task, window: int | None) -> dict[int, float]:
+    """Test accuracy on the tasks seen so far (the last ``window`` of them)."""
+    k = current.id
+    first = 0 if window is None else max(0, k - window + 1)
+    device = current.x_test.device
+    out = {}
+    for j in range(first, k + 1):
+        x, y, classes = (current.x_test, current.y_test, current.classes) if j == k else stream.test_set(j)
+        x, y = x.to(device), y.to(device)
+        heads = classes if stream.scenario == "task" else None
+        correct = torch.zeros((), dtype=torch.long, device=device)
+        for i in range(0, len(y), EVAL_CHUNK):
+            correct += (agent.predict(x[i:i + EVAL_CHUNK], heads).argmax(1) == y[i:i + EVAL_CHUNK]).sum()
+        out[j] = correct.item() / max(len(y), 1)
+    return out
+
+
+def _log_matrix(sink: Any, results: Results) -> None:
+    rows = [[i, j, v] for i, row in enumerate(results.acc_matrix) for j, v in enumerate(row) if v is not None]
+    sink.log_table("eval/acc_matrix", ["after_task", "task", "accuracy"], rows)
+
+
+def _summary(cfg: DictConfig, results: Results, wall: float, wandb_sink: Any) -> dict[str, Any]:
+    return {
+        "experiment": cfg.experiment,
+        "seed": cfg.seed,
+        "stream": cfg.stream.name,
+        "activation": cfg.activation.name,
+        "interventions": list(as_dict(cfg.interventions)),
+        "tasks_trained": len(results.online_accuracy),
+        "online_accuracy": results.online_accuracy,
+        "online_loss": results.online_loss,
+        "acc_matrix": results.acc_matrix,
+        **results.scores(),
+        "wall_time_s": wall,
+        "examples_per_s": results.examples / max(results.train_seconds, 1e-9),
+        "examples": results.examples,
+        "wandb_sync": wandb_sink.sync_hint() if wandb_sink else None,
+    }
+
+
+__all__ = ["run", "evaluate", "NonFiniteLoss", "Hooks", "StepInfo"]

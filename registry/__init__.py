@@ -1,0 +1,169 @@
+"""Name -> plug-in lookup shared by streams, agents and metrics.
+
+This package is the bottom of the import graph (DESIGN.md: ``lab -> {streams,
+agents, metrics}``, ``metrics -> agents``): every other package may import it and
+it imports none of them, so one registry implementation serves all of them
+without breaking the one-way arrows.
+
+A plug-in is one decorated definition::
+
+    from agents.activations import activations
+
+    @activations.register("mine")
+    def mine(x):
+        return x.clamp(min=0) ** 2
+
+Parameters are read from the definition itself: a dataclass's fields or a
+function's keyword arguments after the first positional one, with their
+defaults. ``Registry.params`` reports them; ``lab list`` prints them.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import importlib.util
+import inspect
+import sys
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+ENTRY_POINT_GROUP = "plasticity_lab.plugins"
+
+
+class ConfigError(ValueError):
+    """Bad user input: names the field, the value and what would be valid.
+
+    The CLI turns it into one line on stderr and exit status 2.
+    """
+
+    def __init__(self, field: str, value: Any, expected: str | Iterable[str]):
+        if not isinstance(expected, str):
+            expected = "one of: " + ", ".join(sorted(expected))
+        self.field, self.value, self.expected = field, value, expected
+        super().__init__(f"{field}={value!r} is not valid; expected {expected}")
+
+
+@dataclasses.dataclass
+class Entry:
+    """One registered plug-in: its name, the object and its parameters."""
+
+    name: str
+    obj: Any
+    params: dict[str, Any]
+    doc: str
+    meta: dict[str, Any]
+
+
+def _params_of(obj: Any) -> dict[str, Any]:
+    """Parameter names and defaults of a dataclass or a callable.
+
+    For a plain function the first positional parameter (the input tensor) is
+    skipped; keyword parameters without defaults are reported as ``None``.
+    """
+    if dataclasses.is_dataclass(obj):
+        out = {}
+        for f in dataclasses.fields(obj):
+            if not f.init or f.name.startswith("_"):
+                continue
+            if f.default is not dataclasses.MISSING:
+                out[f.name] = f.default
+            elif f.default_factory is not dataclasses.MISSING:
+                out[f.name] = f.default_factory()
+            else:
+                out[f.name] = None
+        return out
+    try:
+        sig = inspect.signature(obj)
+    except (TypeError, ValueError):
+        return {}
+    ps = list(sig.parameters.values())
+    if ps and ps[0].kind in (ps[0].POSITIONAL_ONLY, ps[0].POSITIONAL_OR_KEYWORD) and not inspect.isclass(obj):
+        ps = ps[1:]
+    return {
+        p.name: (None if p.default is p.empty else p.default)
+        for p in ps
+        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+    }
+
+
+class Registry:
+    """A named collection of plug-ins of one kind (activation, stream, ...)."""
+
+    def __init__(self, kind: str, reserved: Iterable[str] = ()):
+        """``reserved``: arguments the lab supplies itself (an activation's
+        ``width``), hidden from the user-facing parameters."""
+        self.kind = kind
+        self.reserved = set(reserved)
+        self._entries: dict[str, Entry] = {}
+
+    def register(self, name: str, *, aliases: Iterable[str] = (), **meta: Any) -> Callable[[Any], Any]:
+        """Decorator: register ``obj`` under ``name`` (and ``aliases``).
+
+        ``meta`` holds facts the lab reads about the plug-in (an activation's
+        init gain, say)."""
+
+        def deco(obj: Any) -> Any:
+            doc = inspect.getdoc(obj) or ""
+            params = {k: v for k, v in _params_of(obj).items() if k not in self.reserved}
+            for n in (name, *aliases):
+                self._entries[n] = Entry(n, obj, params, doc, dict(meta))
+            return obj
+
+        return deco
+
+    def get(self, name: str) -> Any:
+        """The registered object, or a ConfigError listing the valid names."""
+        try:
+            return self._entries[name].obj
+        except KeyError:
+            raise ConfigError(self.kind, name, self.names()) from None
+
+    def entry(self, name: str) -> Entry:
+        self.get(name)
+        return self._entries[name]
+
+    def params(self, name: str) -> dict[str, Any]:
+        return dict(self.entry(name).params)
+
+    def names(self) -> list[str]:
+        return sorted(self._entries)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._entries
+
+    def check_params(self, name: str, given: dict[str, Any]) -> None:
+        """Raise ConfigError for a parameter ``name`` does not take."""
+        known = self.params(name)
+        for key in given:
+            if key not in known:
+                raise ConfigError(f"{self.kind}.{key}", given[key], f"a parameter of {self.kind} {name!r}: {', '.join(known) or '(none)'}")
+
+
+def load_plugins(modules: Iterable[str] = ()) -> list[str]:
+    """Import user plug-in modules, then every installed entry point.
+
+    ``modules`` are module names on ``sys.path`` or paths to ``.py`` files
+    (``plugins=[my_acts]`` finds ``./my_acts.py``). Installed packages expose
+    plug-ins under the ``plasticity_lab.plugins`` entry-point group. Importing
+    a module runs its ``@registry.register`` decorators.
+    """
+    loaded = []
+    for mod in modules:
+        path = Path(mod if mod.endswith(".py") else f"{mod}.py")
+        if path.is_file():
+            name = path.stem
+            spec = importlib.util.spec_from_file_location(name, path)
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[name] = module
+            spec.loader.exec_module(module)
+        else:
+            try:
+                importlib.import_module(mod)
+            except ModuleNotFoundError as err:
+                raise ConfigError("plugins", mod, f"an importable module or a .py file ({err})") from None
+        loaded.append(mod)
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        ep.load()
+        loaded.append(ep.value)
+    return loaded

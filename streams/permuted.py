@@ -1,0 +1,74 @@
+"""Online permuted MNIST (Dohare et al. 2024, Nature; REFERENCE.md §B, §11).
+
+Task ``k`` applies one uniformly random pixel permutation, drawn from
+``(seed, k)``, to every train and test image; the labels are unchanged. With
+``permute_first`` (the paper's protocol) task 0 is permuted too.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from registry import ConfigError
+from streams.sources import load_images
+from streams.stream import Stream, EvalSet, streams, task_rng
+from streams.task import Task
+
+
+def _positive(name: str, value, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ConfigError(f"stream.{name}", value, "a positive integer" + (" or null" if allow_none else ""))
+
+
+@streams.register("permuted_mnist")
+@dataclass
+class PermutedMNIST:
+    """Each task: a new pixel permutation of the same images, 10 classes.
+
+    num_tasks: tasks in the stream; examples_per_task: training examples per
+    task (null = every training image once: one pass); permute_first: whether
+    task 0 is permuted (True in Dohare et al.).
+    """
+
+    num_tasks: int = 50
+    examples_per_task: int | None = None
+    permute_first: bool = True
+
+    def __post_init__(self) -> None:
+        _positive("num_tasks", self.num_tasks)
+        _positive("examples_per_task", self.examples_per_task, allow_none=True)
+
+    def build(self, seed: int, data_root: str | None = None) -> Stream:
+        data = load_images(data_root)
+        n = self.examples_per_task or len(data.y_train)
+
+        pixels = data.x_train.shape[1]
+
+        def permutation(k: int, rng: np.random.Generator) -> torch.Tensor:
+            return torch.as_tensor(rng.permutation(pixels) if (k > 0 or self.permute_first) else np.arange(pixels))
+
+        def build_test(k: int) -> EvalSet:
+            return EvalSet(data.x_test[:, permutation(k, task_rng(seed, k, "permuted_mnist"))], data.y_test, tuple(range(10)))
+
+        def build_task(k: int) -> Task:
+            rng = task_rng(seed, k, "permuted_mnist")
+            perm = permutation(k, rng)
+            # Examples of this task: full passes over the training set in a
+            # fresh order, as many as ``n`` needs (exactly one pass by default).
+            passes = -(-n // len(data.y_train))
+            idx = torch.as_tensor(np.concatenate([rng.permutation(len(data.y_train)) for _ in range(passes)])[:n])
+            return Task(
+                id=k,
+                x_train=data.x_train[idx][:, perm],
+                y_train=data.y_train[idx],
+                x_test=data.x_test[:, perm],
+                y_test=data.y_test,
+                classes=tuple(range(10)),
+                origin={"stream": "permuted_mnist", "seed": seed, "task": k, "permuted": bool(k > 0 or self.permute_first)},
+            )
+
+        return Stream("permuted_mnist", (pixels,), 10, 10, self.num_tasks, "domain", build_task, build_test)

@@ -1,0 +1,75 @@
+"""The Stream contract and the registry of stream builders.
+
+A stream is a deterministic, lazily built sequence of tasks: ``stream.task(k)``
+rebuilds task ``k`` from ``(seed, k)`` alone, so a 5,000-task stream holds one
+task in memory at a time and a resumed run sees exactly the tasks it would have.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Iterator, NamedTuple, Optional
+
+import torch
+
+import numpy as np
+
+from registry import Registry
+from streams.task import Task
+
+streams = Registry("stream")
+
+
+class EvalSet(NamedTuple):
+    x: torch.Tensor
+    y: torch.Tensor
+    classes: tuple[int, ...]
+
+
+@dataclass
+class Stream:
+    """An iterable of tasks built on demand.
+
+    ``output_size`` is the width of the network's output layer the stream
+    needs (10 for class-incremental MNIST, 2 for domain-incremental);
+    ``scenario`` is ``task``, ``domain`` or ``class`` incremental
+    (van de Ven & Tolias 2019). In the ``task`` scenario the learner masks its
+    logits to ``task.classes`` (one head per task).
+    """
+
+    name: str
+    input_shape: tuple[int, ...]
+    num_classes: int
+    output_size: int
+    num_tasks: int
+    scenario: str
+    build_task: Callable[[int], Task]
+    build_test: Optional[Callable[[int], EvalSet]] = None
+
+    def task(self, k: int) -> Task:
+        if not 0 <= k < self.num_tasks:
+            raise IndexError(f"task {k} outside 0..{self.num_tasks - 1}")
+        return self.build_task(k)
+
+    def test_set(self, k: int) -> EvalSet:
+        """Task ``k``'s test tensors and classes, without building its training set."""
+        if self.build_test is not None:
+            return self.build_test(k)
+        t = self.task(k)
+        return EvalSet(t.x_test, t.y_test, t.classes)
+
+    def __iter__(self) -> Iterator[Task]:
+        for k in range(self.num_tasks):
+            yield self.build_task(k)
+
+    def __len__(self) -> int:
+        return self.num_tasks
+
+
+def task_rng(seed: int, task_id: int, purpose: str = "") -> np.random.Generator:
+    """An independent generator for one task, from (seed, task, purpose).
+
+    numpy's SeedSequence mixes the three into a well-spread state, so task
+    ``k`` is the same whether it is built first, last or after a resume.
+    """
+    words = [seed, task_id] + [ord(c) for c in purpose]
+    return np.random.default_rng(np.random.SeedSequence(words))
