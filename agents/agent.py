@@ -78,8 +78,10 @@ class Agent:
         return mask
 
     def observe(self, x: torch.Tensor, y: torch.Tensor) -> StepInfo:
-        """One update on the batch (x, y); metrics from the pre-update forward."""
-        self.model.train()
+        """One update on the batch (x, y); metrics from the pre-update forward.
+
+        The model stays in training mode between steps (``predict`` and
+        ``features`` restore it), so no per-step mode switch is needed."""
         logits, feats = self.model.forward_features(x)
         if self._mask is not None:
             logits = logits + self._mask

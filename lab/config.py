@@ -132,14 +132,29 @@ def compose_config(overrides: list[str]) -> DictConfig:
     """
     load_plugins(plugin_modules(overrides))
     register_config_nodes()
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=config_dir(), version_base=None):
-        try:
-            cfg = compose("config", overrides=list(overrides))
-        except Exception as err:  # Hydra raises several exception types; all are user errors here
-            raise _readable(err, overrides) from None
+    _check_intervention_names(overrides)
+    try:
+        cfg = _compose(list(overrides))
+    except Exception as err:  # Hydra raises several exception types; all are user errors here
+        raise _readable(err, overrides) from None
     OmegaConf.resolve(cfg)
     return cfg
+
+
+def _check_intervention_names(overrides: list[str]) -> None:
+    """Unknown names in ``interventions=[a,b]`` (Hydra's own message is obscure
+    while a group has few members)."""
+    for o in overrides:
+        m = re.fullmatch(r"\+?interventions=\[?([^\]]*)\]?", o)
+        for name in (m.group(1).split(",") if m else []):
+            if name.strip() and name.strip() not in interventions:
+                raise ConfigError("interventions", name.strip(), interventions.names() or ["(none registered)"])
+
+
+def _compose(overrides: list[str]) -> DictConfig:
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=config_dir(), version_base=None):
+        return compose("config", overrides=overrides)
 
 
 def _readable(err: Exception, overrides: list[str]) -> ConfigError:
@@ -148,10 +163,9 @@ def _readable(err: Exception, overrides: list[str]) -> ConfigError:
     missing = re.search(r"Could not find '([^/']+)/([^']+)'", text)
     if missing:
         group, value = missing.groups()
+        GlobalHydra.instance().clear()
         with initialize_config_dir(config_dir=config_dir(), version_base=None):
-            from hydra.core.global_hydra import GlobalHydra as _G
-
-            options = _G.instance().config_loader().get_group_options(group)
+            options = GlobalHydra.instance().config_loader().get_group_options(group)
         return ConfigError(group, value, options)
     unknown = re.search(r"Could not override '([^']+)'", text)
     if unknown:
@@ -168,8 +182,7 @@ def _readable(err: Exception, overrides: list[str]) -> ConfigError:
 def _siblings(key: str) -> str:
     """The valid keys beside ``key`` in the default config."""
     parent = key.rpartition(".")[0]
-    with initialize_config_dir(config_dir=config_dir(), version_base=None):
-        base = compose("config")
+    base = _compose([])
     node = OmegaConf.select(base, parent) if parent else base
     if isinstance(node, DictConfig):
         return "keys here: " + ", ".join(f"{parent + '.' if parent else ''}{k}" for k in node.keys())

@@ -1,0 +1,36 @@
+"""Shared fixtures: small, real runs composed through the same config path as `lab run`."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+os.environ.setdefault("WANDB_SILENT", "true")
+
+FASHION = Path("/usr/share/datasets/fashion-mnist")
+
+TINY = ["wandb.enabled=false", "progress=off", "agent.hidden=[32]", "stream.num_tasks=3",
+        "stream.examples_per_task=256", "train.log_every=8"]
+
+
+@pytest.fixture
+def compose():
+    from lab.config import compose_config
+
+    return compose_config
+
+
+@pytest.fixture
+def tiny_run(tmp_path):
+    """Run ``lab run`` in-process with small defaults plus ``overrides``."""
+    from lab.config import compose_config
+    from lab.runner import run
+
+    def go(*overrides: str, out: str = "run", base=TINY):
+        cfg = compose_config([*base, *overrides])
+        return run(cfg, tmp_path / out)
+
+    return go

@@ -1,0 +1,41 @@
+"""Accuracy-matrix metrics against values computed by hand."""
+import pytest
+
+from metrics import avg_accuracy, bwt, forgetting, fwt
+
+# R[i][j]: accuracy on task j after training task i (3 tasks).
+R = [
+    [0.9, None, None],
+    [0.7, 0.8, None],
+    [0.5, 0.6, 0.95],
+]
+
+
+def test_average_accuracy_is_mean_of_last_row():
+    assert avg_accuracy(R) == pytest.approx((0.5 + 0.6 + 0.95) / 3)
+
+
+def test_bwt_compares_final_row_with_diagonal():
+    # ((0.5 - 0.9) + (0.6 - 0.8)) / 2
+    assert bwt(R) == pytest.approx(-0.3)
+
+
+def test_forgetting_uses_best_earlier_accuracy():
+    # task 0: max(0.9, 0.7) - 0.5 = 0.4 ; task 1: max(0.8) - 0.6 = 0.2
+    assert forgetting(R) == pytest.approx(0.3)
+    peaked = [[0.5, None], [0.9, 0.4], [0.6, 0.8]]
+    # task 0 best earlier is 0.9 (after task 1), not the diagonal 0.5: 0.9-0.6=0.3; task 1: 0.4-0.8=-0.4
+    assert forgetting(peaked) == pytest.approx((0.3 - 0.4) / 2)
+
+
+def test_fwt_against_untrained_baseline():
+    full = [[0.9, 0.2, 0.1], [0.7, 0.8, 0.3], [0.5, 0.6, 0.95]]
+    # ((0.2 - 0.1) + (0.3 - 0.1)) / 2
+    assert fwt(full, [0.1, 0.1, 0.1]) == pytest.approx(0.15)
+
+
+def test_unevaluated_entries_are_skipped_and_empty_gives_none():
+    partial = [[0.9, None], [None, 0.8]]
+    assert bwt(partial) is None and forgetting(partial) is None
+    assert avg_accuracy(partial) == pytest.approx(0.8)
+    assert avg_accuracy([]) is None

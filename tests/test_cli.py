@@ -1,0 +1,87 @@
+"""The `lab` command: bad input exits 2 with one line before training; list; multirun; plot."""
+import gzip
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lab.cli import main
+
+QUIET = ["wandb.enabled=false", "progress=off"]
+
+
+@pytest.mark.parametrize("overrides,names", [
+    (["activation=swishh"], ["activation", "swishh", "relu", "tanh"]),
+    (["agent.optimizer.lr=-0.1"], ["agent.optimizer.lr", "-0.1", "positive"]),
+    (["agent.optimizer.name=adamz"], ["agent.optimizer.name", "adamz", "adam"]),
+    (["stream.num_tasks=0"], ["stream.num_tasks", "0", "positive"]),
+    (["agent.hidden=[]"], ["agent.hidden", "[]", "non-empty"]),
+    (["agent.hiden=[10]"], ["agent.hiden", "agent.hidden"]),
+    (["stream.scenario=class"], ["stream.scenario", "num_tasks"]),
+    (["experiment=nope"], ["experiment", "nope", "permuted_mnist", "split_mnist"]),
+    (["seed=abc"], ["seed", "abc"]),
+    (["train.batch_size=0"], ["train.batch_size", "positive"]),
+    (["data.root=/nonexistent/mnist"], ["data.root", "/nonexistent/mnist", "IDX"]),
+    (["device=cuda:0"] if not __import__("torch").cuda.is_available() else ["device=tpu"], ["device"]),
+    (["interventions=[nope]"], ["interventions", "nope"]),
+])
+def test_bad_input_is_one_clear_line_and_exit_2(overrides, names, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code = main(["run", *QUIET, *overrides])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert len(err.splitlines()) == 1 and err.startswith("lab: error:"), err
+    for n in names:
+        assert n in err, (n, err)
+    assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").rglob("metrics.jsonl"))
+
+
+def test_corrupt_data_file_is_named(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for name in ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz",
+                 "t10k-labels-idx1-ubyte.gz"):
+        (tmp_path / name).write_bytes(gzip.compress(b"\x00\x00\x08\x03garbage"))
+    assert main(["run", *QUIET, f"data.root={tmp_path}"]) == 2
+    err = capsys.readouterr().err
+    assert "train-images-idx3-ubyte.gz" in err and "corrupt" in err
+
+
+def test_subprocess_exit_code_and_no_traceback(tmp_path):
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    p = subprocess.run([sys.executable, "-m", "lab", "run", *QUIET, "activation=nope"], cwd=tmp_path,
+                       capture_output=True, text=True, env=env, timeout=120)
+    assert p.returncode == 2
+    assert "Traceback" not in p.stderr and "activation='nope'" in p.stderr
+
+
+def test_list_json_shows_registries_with_parameters(capsys):
+    assert main(["list", "--json"]) == 0
+    table = json.loads(capsys.readouterr().out)
+    assert {"relu", "tanh", "sigmoid", "leaky_relu"} <= set(table["activations"])
+    assert table["activations"]["leaky_relu"] == {"negative_slope": 0.01}
+    assert table["streams"]["split_mnist"]["scenario"] == "class"
+    assert {"permuted_mnist", "split_mnist"} <= set(table["experiments"])
+    assert "sgd" in table["optimizers"] and "adam" in table["optimizers"]
+    assert main(["list"]) == 0
+    assert "leaky_relu  (negative_slope=0.01)" in capsys.readouterr().out
+
+
+def test_run_prints_table_and_multirun_sweeps_seeds(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    tiny = [*QUIET, "agent.hidden=[16]", "stream.num_tasks=2", "stream.examples_per_task=128"]
+    assert main(["run", *tiny, "out_dir=one"]) == 0
+    out = capsys.readouterr().out
+    assert "online accuracy" in out and "output: one" in out
+    assert main(["run", "--multirun", *tiny, "seed=0,1"]) == 0
+    summaries = sorted(Path("runs/multirun").rglob("summary.json"))
+    assert len(summaries) == 2
+    seeds = sorted(json.loads(p.read_text())["seed"] for p in summaries)
+    assert seeds == [0, 1]
+    a, b = (json.loads(p.read_text()) for p in summaries)
+    assert a["online_loss"] != b["online_loss"]
+    # lab plot redraws from a finished run directory
+    assert main(["plot", str(summaries[0].parent)]) == 0
+    assert (summaries[0].parent / "plots" / "acc_matrix.png").is_file()
