@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from agents.activations import init_gain, make_activation, width_factor
+from agents.activations import bias_init, init_gain, make_activation, width_factor
 from registry import ConfigError
 
 
@@ -46,20 +46,24 @@ class MLP(nn.Module):
         self.norms = nn.ModuleList(nn.LayerNorm(w) if layer_norm else nn.Identity() for w in hidden)
         self.acts = nn.ModuleList(make_activation(activation, w, **params) for w in hidden)
         self.gain = init_gain(activation, params)
+        self._act_params = params
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """Kaiming-uniform weights (bound = gain * sqrt(3 / fan_in)), zero biases."""
+        """Kaiming-uniform weights (bound = gain * sqrt(3 / fan_in)), zero biases
+        (or the activation's own bias init, e.g. Elephant's spread biases)."""
+        last = len(self.linears) - 1
         for i, layer in enumerate(self.linears):
-            gain = 1.0 if i == len(self.linears) - 1 else self.gain
+            gain = 1.0 if i == last else self.gain
             bound = gain * (3.0 / layer.in_features) ** 0.5
             with torch.no_grad():
                 layer.weight.uniform_(-bound, bound)
                 if layer.bias is not None:
-                    layer.bias.zero_()
-        for norm in self.norms:
-            if isinstance(norm, nn.LayerNorm):
-                norm.reset_parameters()
+                    spread = bias_init(self.activation, layer.out_features, self._act_params) if i < last else None
+                    layer.bias.copy_(spread) if spread is not None else layer.bias.zero_()
+        for module in [*self.norms, *self.acts]:
+            if hasattr(module, "reset_parameters"):
+                module.reset_parameters()
 
     def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         feats = []

@@ -215,8 +215,9 @@ def _log_window(ctx: RunContext, task_id: int, correct: torch.Tensor, loss_sum: 
     finite and emit the window's record. Returns the new read-out."""
     c, l = int(correct.item()), float(loss_sum.item())
     if not math.isfinite(l):
-        raise NonFiniteLoss(f"the training loss became {l} at step {ctx.step} (task {task_id}); "
-                            f"the last checkpoint (end of task {task_id - 1}) is kept in {ctx.out / 'checkpoints'}; "
+        kept = (f"the last checkpoint (end of task {task_id - 1}) is kept in {ctx.out / 'checkpoints'}"
+                if task_id > 0 else "no task had finished, so there is no checkpoint")
+        raise NonFiniteLoss(f"the training loss became {l} at step {ctx.step} (task {task_id}); {kept}; "
                             f"try a smaller agent.optimizer.lr (now {ctx.cfg.agent.optimizer.lr})")
     dn = seen - read[2]
     if dn:
