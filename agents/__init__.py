@@ -3,5 +3,6 @@ from agents.activations import activations
 from agents.agent import Agent, StepInfo
 from agents.interventions import interventions
 from agents.networks import MLP
+from agents.interventions import cbp, l2, l2_init, redo, resets, shrink_perturb, spectral  # noqa: F401,E402 (register)
 
 __all__ = ["Agent", "StepInfo", "MLP", "activations", "interventions"]

@@ -6,6 +6,7 @@ and zero biases.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -13,6 +14,22 @@ from torch import nn
 
 from agents.activations import bias_init, init_gain, make_activation, width_factor
 from registry import ConfigError
+
+
+@dataclass
+class UnitLayer:
+    """One hidden layer seen as units: ``incoming`` makes its pre-activations,
+    ``outgoing`` reads its output, ``norm`` sits between (or is None), and
+    ``bound`` is the half-width of the uniform init of ``incoming``'s weights.
+    ``fan_out_per_unit`` is how many columns of ``outgoing`` each unit feeds
+    (2 for CReLU/Fourier, H*W after a conv->flatten boundary)."""
+
+    name: str
+    incoming: nn.Module
+    outgoing: nn.Module
+    norm: nn.Module | None
+    bound: float
+    fan_out_per_unit: int = 1
 
 
 class MLP(nn.Module):
@@ -54,8 +71,7 @@ class MLP(nn.Module):
         (or the activation's own bias init, e.g. Elephant's spread biases)."""
         last = len(self.linears) - 1
         for i, layer in enumerate(self.linears):
-            gain = 1.0 if i == last else self.gain
-            bound = gain * (3.0 / layer.in_features) ** 0.5
+            bound = self.init_bound(i)
             with torch.no_grad():
                 layer.weight.uniform_(-bound, bound)
                 if layer.bias is not None:
@@ -64,6 +80,20 @@ class MLP(nn.Module):
         for module in [*self.norms, *self.acts]:
             if hasattr(module, "reset_parameters"):
                 module.reset_parameters()
+
+    def init_bound(self, i: int) -> float:
+        """Half-width of the uniform init of ``linears[i]`` (gain * sqrt(3 / fan_in))."""
+        gain = 1.0 if i == len(self.linears) - 1 else self.gain
+        return gain * (3.0 / self.linears[i].in_features) ** 0.5
+
+    def unit_layers(self) -> list[UnitLayer]:
+        """Each hidden layer as units (what continual backprop and ReDo reset)."""
+        factor = self.linears[1].in_features // self.linears[0].out_features
+        return [
+            UnitLayer(name, self.linears[i], self.linears[i + 1],
+                      self.norms[i] if isinstance(self.norms[i], nn.LayerNorm) else None, self.init_bound(i), factor)
+            for i, name in enumerate(self.hidden_names)
+        ]
 
     def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         feats = []

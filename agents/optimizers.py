@@ -1,4 +1,5 @@
-"""Optimizers: any ``torch.optim`` class by (case-insensitive) name."""
+"""Optimizers: any ``torch.optim`` class by (case-insensitive) name, plus the
+lab's own in the same interface (``upgd``)."""
 from __future__ import annotations
 
 import inspect
@@ -6,18 +7,23 @@ from typing import Any, Iterable
 
 import torch
 
+from agents.upgd import UPGD
 from registry import ConfigError
+
+EXTRA = {"upgd": UPGD}
 
 
 def optimizer_names() -> list[str]:
     """Lower-case names of every optimizer class in ``torch.optim``."""
-    return sorted(
+    return sorted({
         n.lower() for n, c in vars(torch.optim).items()
         if inspect.isclass(c) and issubclass(c, torch.optim.Optimizer) and c is not torch.optim.Optimizer
-    )
+    } | set(EXTRA))
 
 
 def optimizer_class(name: str) -> type[torch.optim.Optimizer]:
+    if str(name).lower() in EXTRA:
+        return EXTRA[str(name).lower()]
     for n, c in vars(torch.optim).items():
         if n.lower() == str(name).lower() and inspect.isclass(c) and issubclass(c, torch.optim.Optimizer):
             return c

@@ -4,6 +4,7 @@ An intervention is a plain object implementing any of these hooks, named by
 the moment the runner calls them (the runner skips hooks an object lacks, so
 an unused hook costs nothing per step):
 
+- ``on_run_start(agent)`` — once, before the first task (not on resume)
 - ``on_task_start(agent, task) -> dict | None``
 - ``before_step(agent, x, y) -> None``
 - ``penalty(model) -> Tensor`` — added to the loss before backward
@@ -13,12 +14,14 @@ an unused hook costs nothing per step):
 Returned dicts are records (``{"name/with/slashes": value}``) the runner
 hands to the sinks. State worth checkpointing goes in ``state_dict`` /
 ``load_state_dict``. Register one with ``@interventions.register("name")`` on
-a dataclass whose fields are its parameters.
+a dataclass whose fields are its parameters; they are plain objects over
+(model, optimizer, features), so your own training loop can call them too.
 """
 from registry import Registry
 
 interventions = Registry("intervention")
 
 HOOKS = ("on_task_start", "before_step", "penalty", "after_step", "on_task_end")
+
 
 __all__ = ["interventions", "HOOKS"]

@@ -1,0 +1,176 @@
+"""Continual backprop (Dohare et al., "Loss of plasticity in deep continual
+learning", Nature 632, 2024, arXiv:2306.13812; REFERENCE.md §A).
+
+After every update, for each hidden layer with units j (eta = decay_rate):
+
+1. age_j += 1
+2. f_j <- eta f_j + (1 - eta) mean_batch h_j;  f̂_j = f_j / (1 - eta^age_j)
+3. u_j <- eta u_j + (1 - eta) y_j;  û_j = u_j / (1 - eta^age_j), with y_j by ``util_type``
+   (out = mean_k |W_next[k, j]|, in = mean_i |W_cur[j, i]|, h from the pre-update forward):
+   contribution: out * mean|h_j|; zero_contribution: out * mean|h_j - f̂_j|;
+   adaptable_contribution: out * mean|h_j - f̂_j| / in (the paper's overall utility);
+   feature_by_input: mean|h_j - f̂_j| / in; weight: out; adaptation: 1 / in;
+   random: û_j ~ U[0, 1).
+4. Eligible: age_j > maturity_threshold. n = replacement_rate * |eligible|;
+   ``accumulate``: acc += n, replace floor(acc) and keep the fraction;
+   otherwise replace int(n), or one unit with probability n when n < 1.
+5. The k eligible units with the smallest û are reset through the shared
+   helper (new incoming weights from the init distribution, bias 0, outgoing
+   weights 0, optimizer state of those entries cleared), with u, f, age = 0.
+
+Follows the paper. The authors' code also "bias-corrects" the next layer
+(b_next += W_next[:, j] f̂_j) but zeroes f_j first, so the correction adds 0
+there (REFERENCE.md §A, confirmed by running it); ``next_bias_correction=true``
+applies the intended correction, with f̂_j read before it is zeroed.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from agents.agent import Agent, StepInfo
+from agents.interventions import interventions
+from agents.interventions.units import reset_units
+
+UTIL_TYPES = ("contribution", "zero_contribution", "adaptable_contribution", "feature_by_input", "weight",
+              "adaptation", "random")
+
+
+@dataclass
+class LayerUtility:
+    """Per-layer state of continual backprop."""
+
+    util: torch.Tensor
+    mean_feature: torch.Tensor
+    age: torch.Tensor
+    accumulated: float = 0.0
+
+
+@interventions.register("cbp")
+@dataclass
+class ContinualBackprop:
+    """Continual backprop: replace a small fraction of low-utility mature units
+    every step. Defaults: the paper's permuted-MNIST configuration (decay 0.99,
+    maturity 100, adaptable contribution, accumulated replacement), with
+    replacement_rate 1e-4 (the paper swept 1e-4 .. 1e-6)."""
+
+    replacement_rate: float = 1e-4
+    decay_rate: float = 0.99
+    maturity_threshold: int = 100
+    util_type: str = "adaptable_contribution"
+    accumulate: bool = True
+    next_bias_correction: bool = False
+    layers: list = field(default_factory=list, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.replacement_rate <= 1:
+            raise ValueError(f"replacement_rate must be in [0, 1], got {self.replacement_rate}")
+        if not 0 <= self.decay_rate < 1:
+            raise ValueError(f"decay_rate must be in [0, 1), got {self.decay_rate}")
+        if self.maturity_threshold < 0:
+            raise ValueError(f"maturity_threshold must be >= 0, got {self.maturity_threshold}")
+        if self.util_type not in UTIL_TYPES:
+            raise ValueError(f"util_type must be one of {', '.join(UTIL_TYPES)}; got {self.util_type!r}")
+
+    def on_run_start(self, agent: Agent) -> None:
+        self.layers = []
+        for layer in agent.model.unit_layers():
+            h = layer.incoming.weight.shape[0]
+            device = layer.incoming.weight.device
+            zeros = lambda: torch.zeros(h, device=device)
+            self.layers.append(LayerUtility(zeros(), zeros(), torch.zeros(h, dtype=torch.long, device=device)))
+
+    @torch.no_grad()
+    def after_step(self, agent: Agent, info: StepInfo) -> dict | None:
+        replaced = {}
+        for layer, state, h in zip(agent.model.unit_layers(), self.layers, info.features):
+            chosen = self._update_and_choose(layer, state, h)
+            if chosen is not None:
+                self._replace(agent, layer, state, chosen)
+                replaced[f"cbp/replaced/{layer.name}"] = len(chosen)
+        return replaced or None
+
+    def _update_and_choose(self, layer, state: LayerUtility, h: torch.Tensor) -> torch.Tensor | None:
+        eta = self.decay_rate
+        h = _per_unit(h, state.util.shape[0])
+        state.age += 1
+        state.mean_feature.mul_(eta).add_(h.mean(0), alpha=1 - eta)
+        correction = 1 - eta ** state.age.double()
+        f_hat = state.mean_feature / correction.to(h.dtype)
+        if self.util_type == "random":
+            u_hat = torch.rand_like(state.util)
+        else:
+            state.util.mul_(eta).add_(self._instant_utility(layer, h, f_hat), alpha=1 - eta)
+            u_hat = state.util / correction.to(h.dtype)
+        eligible = torch.nonzero(state.age > self.maturity_threshold).flatten()
+        if eligible.numel() == 0:
+            return None
+        n = self.replacement_rate * eligible.numel()
+        if self.accumulate:
+            state.accumulated += n
+            k = math.floor(state.accumulated)
+            state.accumulated -= k
+        else:
+            k = int(n) if n >= 1 else int(torch.rand(()) < n)
+        if k == 0:
+            return None
+        order = torch.topk(-u_hat[eligible], k).indices
+        chosen = eligible[order]
+        self._f_hat = f_hat
+        return chosen
+
+    def _instant_utility(self, layer, h: torch.Tensor, f_hat: torch.Tensor) -> torch.Tensor:
+        kind = self.util_type
+        out_mag = _outgoing_magnitude(layer) if kind not in ("feature_by_input", "adaptation") else None
+        in_mag = layer.incoming.weight.abs().flatten(1).mean(1) if kind in (
+            "adaptable_contribution", "feature_by_input", "adaptation") else None
+        if kind == "contribution":
+            return out_mag * h.abs().mean(0)
+        if kind == "weight":
+            return out_mag
+        if kind == "adaptation":
+            return 1 / in_mag
+        centred = (h - f_hat).abs().mean(0)
+        if kind == "zero_contribution":
+            return out_mag * centred
+        if kind == "adaptable_contribution":
+            return out_mag * centred / in_mag
+        return centred / in_mag  # feature_by_input
+
+    def _replace(self, agent: Agent, layer, state: LayerUtility, chosen: torch.Tensor) -> None:
+        if self.next_bias_correction and layer.outgoing.bias is not None:
+            cols = layer.outgoing.weight[:, chosen]
+            layer.outgoing.bias += (cols * self._f_hat[chosen]).sum(1)
+        reset_units(layer, chosen, agent.optimizer)
+        state.util[chosen] = 0.0
+        state.mean_feature[chosen] = 0.0
+        state.age[chosen] = 0
+
+    def state_dict(self) -> dict:
+        return {"layers": [vars(s).copy() for s in self.layers]}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.layers = [LayerUtility(**s) for s in state["layers"]]
+
+
+def _per_unit(h: torch.Tensor, units: int) -> torch.Tensor:
+    """(batch, units) view of a layer's output: conv maps averaged over space;
+    concatenating activations (CReLU) summed over their copies of a unit."""
+    if h.dim() > 2:
+        h = h.flatten(2).mean(2)
+    if h.shape[1] != units:
+        h = h.view(h.shape[0], -1, units).abs().sum(1)
+    return h
+
+
+def _outgoing_magnitude(layer) -> torch.Tensor:
+    """mean_k |W_next[k, j]| per unit j (over all columns the unit feeds)."""
+    w = layer.outgoing.weight.abs()
+    w = w.flatten(2).mean(2) if w.dim() > 2 else w
+    units = layer.incoming.weight.shape[0]
+    per_column = w.mean(0)
+    if per_column.shape[0] != units:
+        per_column = per_column.view(-1, units).mean(0)
+    return per_column

@@ -1,0 +1,66 @@
+"""Shrink & perturb (Ash & Adams 2020, arXiv:1910.08475; REFERENCE.md §4).
+
+Per step (``at=step``), after the optimizer step, on every weight and bias of
+the network's Linear layers:  theta <- (1 - shrink) theta + noise_std * eps,
+eps ~ N(0, 1): with the SGD step before it this is Ash & Adams' per-step form
+p (theta - lr g) + sigma eps with p = 1 - shrink. Dohare et al.'s permuted-MNIST
+variant shrinks through SGD's weight decay instead (lr 0.003, weight_decay 1e-4)
+and adds N(0, noise_std^2) after every step: ``shrink=0`` plus
+``agent.optimizer.weight_decay=1e-4``.
+At task boundaries (``at=task``, the warm-start form): theta <- (1 - shrink)
+theta + noise_std * eps with eps drawn from the layer's init distribution
+(U(-b, b)), when each task after the first starts.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+
+from agents.agent import Agent, StepInfo
+from agents.interventions import interventions
+
+if TYPE_CHECKING:
+    from streams import Task
+
+
+@interventions.register("shrink_perturb")
+@dataclass
+class ShrinkPerturb:
+    """Shrink weights toward 0 and add noise, every step or at each task start."""
+
+    shrink: float = 0.0
+    noise_std: float = 1e-5
+    at: str = "step"
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.shrink < 1:
+            raise ValueError(f"shrink must be in [0, 1), got {self.shrink}")
+        if self.noise_std < 0:
+            raise ValueError(f"noise_std must be >= 0, got {self.noise_std}")
+        if self.at not in ("step", "task"):
+            raise ValueError(f"at must be 'step' or 'task', got {self.at!r}")
+        if self.at == "task":
+            self.after_step = None  # the runner skips a hook that is not callable
+        else:
+            self.on_task_start = None
+
+    @torch.no_grad()
+    def after_step(self, agent: Agent, info: StepInfo) -> None:
+        for layer in agent.model.linears:
+            for p in (layer.weight, layer.bias):
+                if p is not None:
+                    if self.shrink:
+                        p.mul_(1 - self.shrink)
+                    p.add_(torch.randn_like(p), alpha=self.noise_std)
+
+    @torch.no_grad()
+    def on_task_start(self, agent: Agent, task: "Task") -> None:
+        if task.id == 0:
+            return
+        for i, layer in enumerate(agent.model.linears):
+            bound = agent.model.init_bound(i)
+            for p in (layer.weight, layer.bias):
+                if p is not None:
+                    p.mul_(1 - self.shrink).add_(torch.empty_like(p).uniform_(-bound, bound), alpha=self.noise_std)
