@@ -108,20 +108,22 @@ def _multirun(overrides: list[str]) -> int:
 
 
 def _first_values(overrides: list[str]) -> list[list[str]]:
-    """Overrides with each swept ``a,b,c`` value replaced by each of its values
-    in turn (one list per position), to validate every value before sweeping."""
-    combos = []
-    for i, o in enumerate(overrides):
-        key, _, value = o.partition("=")
-        if "," in value and not value.startswith("[") and not key.startswith("hydra"):
-            for v in value.split(","):
-                combos.append([*overrides[:i], f"{key}={v}", *[_first(x) for x in overrides[i + 1:]]])
-    return combos or [[_first(o) for o in overrides]]
+    """One override list per swept value (the other sweeps at their first
+    value), parsed by Hydra's own override grammar, so every value is
+    validated before any job starts."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    values = [list(o.sweep_string_iterator()) if o.is_sweep_override() else [o.input_line] for o in parsed]
+    firsts = [_as_override(o, v[0]) for o, v in zip(parsed, values)]
+    combos = [firsts]
+    for i, (o, vs) in enumerate(zip(parsed, values)):
+        combos += [[*firsts[:i], _as_override(o, v), *firsts[i + 1:]] for v in vs[1:]]
+    return combos
 
 
-def _first(o: str) -> str:
-    key, _, value = o.partition("=")
-    return f"{key}={value.split(',')[0]}" if "," in value and not value.startswith("[") else o
+def _as_override(o, value: str) -> str:
+    return value if not o.is_sweep_override() else f"{o.get_key_element()}={value}"
 
 
 def _list(as_json: bool) -> int:

@@ -75,13 +75,11 @@ def test_run_prints_table_and_multirun_sweeps_seeds(tmp_path, capsys, monkeypatc
     assert main(["run", *tiny, "out_dir=one"]) == 0
     out = capsys.readouterr().out
     assert "online accuracy" in out and "output: one" in out
-    assert main(["run", "--multirun", *tiny, "seed=0,1"]) == 0
+    assert main(["run", "--multirun", *tiny, "activation=relu,tanh", "seed=0,1"]) == 0
     summaries = sorted(Path("runs/multirun").rglob("summary.json"))
-    assert len(summaries) == 2
-    seeds = sorted(json.loads(p.read_text())["seed"] for p in summaries)
-    assert seeds == [0, 1]
-    a, b = (json.loads(p.read_text()) for p in summaries)
-    assert a["online_loss"] != b["online_loss"]
+    runs = [json.loads(p.read_text()) for p in summaries]
+    assert sorted((r["activation"], r["seed"]) for r in runs) == [("relu", 0), ("relu", 1), ("tanh", 0), ("tanh", 1)]
+    assert len({tuple(r["online_loss"]) for r in runs}) == 4
     # lab plot redraws from a finished run directory
     assert main(["plot", str(summaries[0].parent)]) == 0
     assert (summaries[0].parent / "plots" / "acc_matrix.png").is_file()
