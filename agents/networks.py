@@ -96,11 +96,21 @@ class MLP(nn.Module):
         ]
 
     def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Logits and each hidden layer's post-activation output."""
         feats = []
         for linear, norm, act in zip(self.linears[:-1], self.norms, self.acts):
             x = act(norm(linear(x)))
             feats.append(x)
         return self.linears[-1](x), feats
+
+    def forward_preactivations(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Each hidden layer's input to its activation (after the optional LayerNorm)."""
+        pre = []
+        for linear, norm, act in zip(self.linears[:-1], self.norms, self.acts):
+            z = norm(linear(x))
+            pre.append(z)
+            x = act(z)
+        return pre
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for linear, norm, act in zip(self.linears[:-1], self.norms, self.acts):

@@ -73,6 +73,19 @@ def build_interventions(cfg: DictConfig) -> list[Any]:
     return out
 
 
+def build_tracker(cfg: DictConfig) -> Any:
+    """The metric tracker, or None when ``metrics.enabled=false``."""
+    from metrics.tracker import Tracker
+
+    params = as_dict(cfg.metrics)
+    if not params.pop("enabled"):
+        return None
+    try:
+        return Tracker(**params)
+    except ValueError as err:
+        raise ConfigError("metrics", params, str(err)) from None
+
+
 def check_train(cfg: DictConfig) -> None:
     """Validate the ``train`` section (positive sizes and cadences)."""
     t = cfg.train

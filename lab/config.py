@@ -61,6 +61,22 @@ class TrainConfig:
 
 
 @dataclass
+class MetricsConfig:
+    """The tracker's schedule (see metrics/tracker.py); 0 turns a cadence off."""
+
+    enabled: bool = True
+    probe_size: int = 1000
+    at_task_start: bool = True
+    every_steps: int = 250
+    probe_every: int = 10
+    probe_steps: int = 100
+    probe_examples: int = 512
+    hessian_every: int = 25
+    dormant_tau: float = 0.1
+    sparsity_eps: float = 1e-3
+
+
+@dataclass
 class DataConfig:
     """root: a directory of MNIST-format IDX files; null = the embedded subset."""
 
@@ -95,6 +111,7 @@ class Config:
     activation: Any = None
     interventions: Dict[str, Any] = field(default_factory=dict)
     train: TrainConfig = field(default_factory=TrainConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     wandb: WandbConfig = field(default_factory=WandbConfig)
 
 

@@ -22,7 +22,8 @@ from omegaconf import DictConfig, OmegaConf
 from agents import Agent, StepInfo
 from agents.interventions import HOOKS
 from lab import checkpoint
-from lab.build import as_dict, build_agent, build_interventions, build_stream, check_train, resolve_device, seed_everything
+from lab.build import (as_dict, build_agent, build_interventions, build_stream, build_tracker, check_train, resolve_device,
+                       seed_everything)
 from lab.progress import Progress
 from lab.results import Results
 from lab.sinks import JsonlSink, Sink, close_all, emit
@@ -92,17 +93,19 @@ def run(cfg: DictConfig, out_dir: str | Path | None = None, resume: bool = False
     stream = build_stream(cfg)
     agent = build_agent(cfg, stream, device)
     ivs = build_interventions(cfg)
+    tracker = build_tracker(cfg)
+    watchers = ([tracker] if tracker else []) + ivs  # the tracker sees each task switch before any intervention
     out = Path(out_dir or cfg.out_dir or default_out_dir(cfg))
     ckpt = checkpoint.load(out / "checkpoints") if resume else None
     out.mkdir(parents=True, exist_ok=True)
     if not resume:
         OmegaConf.save(cfg, out / "config.yaml", resolve=True)
-    hooks = Hooks.of(ivs)
+    hooks = Hooks.of(watchers)
     agent.penalties = list(hooks.penalty)
     results, first, step, wandb_id = Results(), 0, 0, None
     if ckpt is not None:
         agent.load_state_dict(ckpt["agent"])
-        for iv, state in zip(ivs, ckpt["interventions"]):
+        for iv, state in zip(watchers, ckpt["interventions"]):
             if state is not None:
                 iv.load_state_dict(state)
         checkpoint.set_rng_state(ckpt["rng"])
@@ -125,7 +128,7 @@ def run(cfg: DictConfig, out_dir: str | Path | None = None, resume: bool = False
             if cfg.train.checkpoint:
                 checkpoint.save(out / "checkpoints", {
                     "agent": agent.state_dict(),
-                    "interventions": [iv.state_dict() if hasattr(iv, "state_dict") else None for iv in ivs],
+                    "interventions": [w.state_dict() if hasattr(w, "state_dict") else None for w in watchers],
                     "rng": checkpoint.rng_state(), "next_task": k + 1, "step": ctx.step, "results": results.to_dict(),
                     "jsonl_offset": jsonl.offset(), "wandb_id": wandb_sink.run_id if wandb_sink else None,
                 })
@@ -135,6 +138,9 @@ def run(cfg: DictConfig, out_dir: str | Path | None = None, resume: bool = False
             _log_matrix(wandb_sink, results)
         close_all(sinks)
     summary = _summary(cfg, results, time.perf_counter() - t_start, wandb_sink)
+    if tracker is not None:
+        summary["final_metrics"] = tracker.final()
+        summary["diagnostics"] = tracker.series
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     from lab.plots import plot_run
 

@@ -1,0 +1,127 @@
+"""Metric functions against values computed by hand on tiny tensors; the tracker and probes leave the run alone."""
+import copy
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from agents import MLP, Agent
+from agents.optimizers import make_optimizer
+from metrics.curvature import hessian_top_eigenvalue
+from metrics.gradients import grad_norm, gradient_interference, per_sample_gradients
+from metrics.probes import linear_probe, trainability
+from metrics.rank import approximate_rank, effective_rank, numerical_rank, singular_values, srank, stable_rank
+from metrics.sparsity import activation_sparsity, derivative_sparsity, parameter_gradient_sparsity
+from metrics.units import dead_fraction, dormant_fraction, dormant_scores, inactive_fraction
+from metrics.weights import feature_norm, mean_abs
+
+A = torch.tensor([[0.0, 1.0, 0.0, 2.0],
+                  [0.0, 3.0, 0.0, 0.0],
+                  [0.0, 2.0, 4.0, 0.0]])
+
+
+def test_dead_and_dormant_units():
+    assert dead_fraction(A) == 0.25  # unit 0 is zero on all three inputs
+    # mean |h| per unit: [0, 2, 4/3, 2/3]; layer mean 1 -> scores [0, 2, 4/3, 2/3]
+    assert dormant_scores(A).tolist() == pytest.approx([0, 2, 4 / 3, 2 / 3], abs=1e-6)
+    assert dormant_fraction(A, tau=0.0) == 0.25 and dormant_fraction(A, tau=0.7) == 0.5
+    conv = torch.zeros(10, 2, 3, 3)
+    conv[0, 1, 0, 0] = 1.0  # channel 1 active on 1 of 90 input-positions (1.1 %)
+    assert inactive_fraction(conv, 0.01) == 0.5 and inactive_fraction(conv, 0.02) == 1.0
+
+
+def test_sparsity():
+    assert activation_sparsity(A) == pytest.approx(7 / 12)
+    assert activation_sparsity(A, eps=1.0) == pytest.approx(8 / 12)
+    Z = torch.tensor([[-1.0, 2.0], [3.0, -0.5]])
+    assert derivative_sparsity(Z, torch.relu) == 0.5  # relu' = 0 for the two negatives
+    elephant = lambda z: 1 / (1 + (z / 0.1).abs() ** 4)
+    assert derivative_sparsity(torch.tensor([[0.1, 100.0]]), elephant, eps=1e-3) == 0.5
+    assert parameter_gradient_sparsity([torch.tensor([0.0, 1.0]), torch.tensor([[0.0, 0.0], [2.0, 0.0]])]) == pytest.approx(4 / 6)
+
+
+def test_ranks_on_a_diagonal_matrix():
+    D = torch.diag(torch.tensor([3.0, 1.0, 0.0]))
+    # singular values 3, 1, 0: p = [3/4, 1/4]; erank = exp(-(.75 ln .75 + .25 ln .25))
+    assert effective_rank(D) == pytest.approx(math.exp(-(0.75 * math.log(0.75) + 0.25 * math.log(0.25))))
+    assert srank(D, delta=0.01) == 2 and srank(D, delta=0.3) == 1  # 3/4 >= 0.7
+    assert approximate_rank(D, 0.99) == 2 and approximate_rank(D, 0.9) == 1  # 9/10 >= 0.9
+    assert stable_rank(D) == pytest.approx(10 / 9)
+    assert numerical_rank(D) == 2
+    assert effective_rank(torch.eye(5)) == pytest.approx(5.0)
+    assert effective_rank(torch.zeros(3, 3)) == 0.0
+    assert singular_values(torch.ones(2, 2)).tolist() == pytest.approx([2.0, 0.0], abs=1e-12)
+
+
+def test_weights_and_features():
+    assert mean_abs(torch.tensor([[1.0, -3.0]])) == 2.0
+    assert feature_norm(torch.tensor([[3.0, 4.0], [0.0, 1.0]])) == 3.0  # (5 + 1) / 2
+
+
+def test_gradient_norm_and_interference():
+    assert grad_norm([torch.tensor([3.0]), torch.tensor([[4.0]])]) == 5.0
+    G = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])
+    # cosines: (1,2)=0, (1,3)=-1, (2,3)=0, each counted twice over 6 ordered pairs
+    assert gradient_interference(G) == pytest.approx(-2 / 6)
+    torch.manual_seed(0)
+    net = MLP(3, [4], 2)
+    x, y = torch.randn(5, 3), torch.randint(0, 2, (5,))
+    G = per_sample_gradients(net, F.cross_entropy, x, y)
+    net.zero_grad()
+    F.cross_entropy(net(x[2:3]), y[2:3]).backward()
+    assert torch.allclose(G[2], torch.cat([p.grad.flatten() for p in net.parameters()]), atol=1e-6)
+
+
+def test_hessian_top_eigenvalue_of_a_quadratic():
+    # L(w) = 0.5 w^T diag(5, 2) w has Hessian diag(5, 2): lambda_max = 5
+    model = torch.nn.Linear(2, 1, bias=False)
+    x = torch.tensor([[5 ** 0.5, 0.0], [0.0, 2 ** 0.5]])
+    loss = lambda out, y: 0.5 * out.square().sum()
+    assert hessian_top_eigenvalue(model, loss, x, None, iterations=50) == pytest.approx(5.0, rel=1e-4)
+
+
+def test_probes_train_copies_and_never_touch_the_run():
+    torch.manual_seed(0)
+    net = MLP(10, [32], 3)
+    agent = Agent(net, make_optimizer(net.parameters(), "adam", 1e-2))
+    x, y = torch.randn(64, 10), torch.randint(0, 3, (64,))
+    agent.observe(x, y)
+    weights = copy.deepcopy(net.state_dict())
+    opt_state = copy.deepcopy(agent.optimizer.state_dict())
+    rng = torch.get_rng_state()
+    r = trainability(net, agent.optimizer, x, y, steps=200)
+    lin = linear_probe(net, agent.optimizer, x, y, steps=200)
+    assert r.loss_after < r.loss_before and r.accuracy > 0.6 and r.loss_drop > 0
+    assert 0.3 < lin.accuracy <= 1.0
+    for k, v in net.state_dict().items():
+        assert torch.equal(v, weights[k]), k
+    assert json.dumps(str(agent.optimizer.state_dict())) == json.dumps(str(opt_state))
+    assert all(p.requires_grad for p in net.parameters())
+    del rng
+
+
+def test_default_run_logs_every_documented_name(tiny_run, tmp_path):
+    s = tiny_run("metrics.probe_every=1", "metrics.hessian_every=1", "metrics.every_steps=4", "stream.num_tasks=2",
+                 "agent.hidden=[16,8]")
+    records = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    keys = set().union(*records)
+    for layer in ("h1", "h2"):
+        for stem in ("units/dead_frac", "units/dormant_frac", "sparsity/act", "sparsity/grad", "rank/effective",
+                     "rank/srank", "rank/stable", "weights/mean_abs"):
+            assert f"{stem}/{layer}" in keys, f"{stem}/{layer}"
+    for name in ("weights/mean_abs/out", "grad/norm", "sparsity/param_grad", "curvature/hessian_top",
+                 "plasticity/probe_loss_drop", "plasticity/probe_acc", "plasticity/probe_remaining",
+                 "plasticity/linear_probe_acc", "eval/avg_accuracy", "eval/bwt", "eval/forgetting"):
+        assert name in keys, name
+    starts = [r for r in records if "units/dead_frac/h1" in r]
+    assert [r["task"] for r in starts] == [0, 1] and starts[0]["step"] == 0
+    assert s["diagnostics"]["rank/effective/h1"][1][0] == 1
+    assert s["final_metrics"]["units/dead_frac/h2"] == starts[1]["units/dead_frac/h2"]
+
+
+def test_tracker_does_not_change_the_run(tiny_run):
+    on = tiny_run("metrics.probe_every=1", "metrics.hessian_every=1", "interventions=[shrink_perturb]", out="on")
+    off = tiny_run("metrics.enabled=false", "interventions=[shrink_perturb]", out="off")
+    assert on["online_loss"] == off["online_loss"] and on["acc_matrix"] == off["acc_matrix"]
