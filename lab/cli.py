@@ -28,8 +28,16 @@ def main(argv: list[str] | None = None) -> int:
     p_res.add_argument("out_dir")
     p_list = sub.add_parser("list", help="every registered name with its parameters")
     p_list.add_argument("--json", action="store_true")
-    p_plot = sub.add_parser("plot", help="write the plots of run directories")
+    p_plot = sub.add_parser("plot", help="plots of run directories (a folder of runs compares them)")
     p_plot.add_argument("run_dirs", nargs="+")
+    p_plot.add_argument("--out", help="where comparison figures go (default: plots/ here)")
+    p_cmp = sub.add_parser("compare", help="table of runs grouped by method: mean ± s.e. over seeds")
+    p_cmp.add_argument("run_dirs", nargs="+")
+    p_cmp.add_argument("--format", choices=("markdown", "csv"), default="markdown")
+    p_dash = sub.add_parser("dashboard", help="create the ready W&B workspace (or print its spec with --dry-run)")
+    p_dash.add_argument("--project", required=True)
+    p_dash.add_argument("--entity", help="W&B entity (user or team); default: your login's")
+    p_dash.add_argument("--dry-run", action="store_true", help="print the workspace spec as JSON, send nothing")
     args = parser.parse_args(argv)
     try:
         if args.command == "run":
@@ -39,7 +47,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "list":
             return _list(args.json)
         if args.command == "plot":
-            return _plot([Path(d) for d in args.run_dirs])
+            return _plot([Path(d) for d in args.run_dirs], args.out)
+        if args.command == "dashboard":
+            return _dashboard(args.project, args.entity, args.dry_run)
+        if args.command == "compare":
+            return _compare([Path(d) for d in args.run_dirs], args.format)
     except ConfigError as err:
         print(f"lab: error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -151,14 +163,44 @@ def _list(as_json: bool) -> int:
     return 0
 
 
-def _plot(dirs: list[Path]) -> int:
-    from lab.plots import plot_run
+def _plot(dirs: list[Path], out: str | None) -> int:
+    """One run: redraw its own plots. Several: comparison figures in ``out``."""
+    from lab.compare import group_runs, load_runs
+    from lab.plots import plot_groups, plot_run
 
-    for d in dirs:
-        if not (d / "summary.json").is_file():
-            raise ConfigError("run_dir", str(d), "a finished run directory holding summary.json")
-        for path in plot_run(d, json.loads((d / "summary.json").read_text())):
-            print(path)
+    runs = load_runs(dirs)
+    if len(runs) == 1:
+        paths = plot_run(runs[0].path, runs[0].summary)
+    else:
+        paths = plot_groups(group_runs(runs), Path(out or "plots"))
+    for path in paths:
+        print(path)
+    return 0
+
+
+def _dashboard(project: str, entity: str | None, dry_run: bool) -> int:
+    from lab.dashboard import SPEC, build_workspace, save_workspace
+
+    if dry_run:
+        build_workspace(project, entity or "your-entity")  # the spec must make a valid workspace
+        print(json.dumps({"project": project, "entity": entity, **SPEC}, indent=1))
+        return 0
+    if entity is None:
+        import wandb
+
+        entity = wandb.Api().default_entity
+    try:
+        print(save_workspace(project, entity))
+    except Exception as err:  # no login, no network, no such project: say so, nothing was changed
+        raise ConfigError("dashboard", f"{entity}/{project}", f"a reachable W&B project with a login ({err}); "
+                          "--dry-run prints the spec without W&B") from None
+    return 0
+
+
+def _compare(dirs: list[Path], fmt: str) -> int:
+    from lab.compare import group_runs, load_runs, render, table
+
+    print(render(*table(group_runs(load_runs(dirs))), fmt))
     return 0
 
 

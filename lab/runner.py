@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -132,20 +133,21 @@ def run(cfg: DictConfig, out_dir: str | Path | None = None, resume: bool = False
                     "rng": checkpoint.rng_state(), "next_task": k + 1, "step": ctx.step, "results": results.to_dict(),
                     "jsonl_offset": jsonl.offset(), "wandb_id": wandb_sink.run_id if wandb_sink else None,
                 })
+        progress.close()
+        summary = _summary(cfg, results, time.perf_counter() - t_start, wandb_sink)
+        if tracker is not None:
+            summary["final_metrics"] = tracker.final()
+            summary["diagnostics"] = tracker.series
+        (out / "summary.json").write_text(json.dumps(summary, indent=1))
+        from lab.plots import plot_run
+
+        summary["plots"] = [str(p) for p in plot_run(out, summary)]
+        summary["out_dir"] = str(out)
+        if wandb_sink is not None:
+            _log_final(wandb_sink, results, out)
     finally:
         progress.close()
-        if wandb_sink is not None and results.acc_matrix:
-            _log_matrix(wandb_sink, results)
         close_all(sinks)
-    summary = _summary(cfg, results, time.perf_counter() - t_start, wandb_sink)
-    if tracker is not None:
-        summary["final_metrics"] = tracker.final()
-        summary["diagnostics"] = tracker.series
-    (out / "summary.json").write_text(json.dumps(summary, indent=1))
-    from lab.plots import plot_run
-
-    summary["plots"] = [str(p) for p in plot_run(out, summary)]
-    summary["out_dir"] = str(out)
     return summary
 
 
@@ -256,9 +258,14 @@ def evaluate(agent: Agent, stream: Stream, current: Task, window: int | None) ->
     return out
 
 
-def _log_matrix(sink: Any, results: Results) -> None:
+def _log_final(sink: Any, results: Results, out: Path) -> None:
+    """The accuracy matrix to W&B as a table and as the heatmap image (a
+    failure here is warned about, never raised: the run is already saved)."""
     rows = [[i, j, v] for i, row in enumerate(results.acc_matrix) for j, v in enumerate(row) if v is not None]
-    sink.log_table("eval/acc_matrix", ["after_task", "task", "accuracy"], rows)
+    try:
+        sink.log_matrix(rows, out / "plots" / "acc_matrix.png")
+    except Exception as err:
+        warnings.warn(f"W&B: could not log the accuracy matrix ({err})")
 
 
 def _summary(cfg: DictConfig, results: Results, wall: float, wandb_sink: Any) -> dict[str, Any]:

@@ -74,8 +74,12 @@ class WandbSink:
         data = {k: plain(v) for k, v in record.items() if k != "step"}
         self.run.log(data, step=int(record["step"]))
 
-    def log_table(self, key: str, columns: list[str], rows: list[list[Any]]) -> None:
-        self.run.log({key: self._wandb.Table(columns=columns, data=rows)})
+    def log_matrix(self, rows: list[list[Any]], heatmap: Path) -> None:
+        """The accuracy matrix as a W&B table (after_task, task, accuracy) and its heatmap image."""
+        data = {"eval/acc_matrix": self._wandb.Table(columns=["after_task", "task", "accuracy"], data=rows)}
+        if heatmap.exists():
+            data["eval/acc_matrix_heatmap"] = self._wandb.Image(str(heatmap))
+        self.run.log(data)
 
     def close(self) -> None:
         self.run.finish()

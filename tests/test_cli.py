@@ -83,3 +83,30 @@ def test_run_prints_table_and_multirun_sweeps_seeds(tmp_path, capsys, monkeypatc
     # lab plot redraws from a finished run directory
     assert main(["plot", str(summaries[0].parent)]) == 0
     assert (summaries[0].parent / "plots" / "acc_matrix.png").is_file()
+    capsys.readouterr()
+    # several runs: grouped by method (the seed aside), mean ± s.e. over seeds
+    assert main(["compare", "runs/multirun"]) == 0
+    table = capsys.readouterr().out.splitlines()
+    rows = [l for l in table if l.startswith("| activation=")]
+    assert len(rows) == 2 and all("| 2 |" in r for r in rows)
+    relu = [r for r in runs if r["activation"] == "relu"]
+    mean = sum(r["avg_accuracy"] for r in relu) / 2
+    assert f"{mean:.3f} ±" in [r for r in rows if "activation=relu" in r][0]
+    assert main(["compare", "runs/multirun", "--format", "csv"]) == 0
+    assert capsys.readouterr().out.startswith("method,seeds,avg accuracy")
+    assert main(["plot", "runs/multirun", "--out", "cmp"]) == 0
+    for name in ("online_accuracy.png", "diagnostics.png", "final_accuracy.png", "acc_matrix_0.png", "acc_matrix_1.png"):
+        assert (tmp_path / "cmp" / name).stat().st_size > 10_000, name
+
+
+def test_dashboard_dry_run_prints_a_valid_workspace_spec(capsys):
+    assert main(["dashboard", "--project", "plasticity", "--dry-run"]) == 0
+    spec = json.loads(capsys.readouterr().out)
+    titles = " ".join(p["title"] for s in spec["sections"] for p in s["panels"])
+    for what in ("online accuracy", "dead units", "effective rank", "weight magnitude", "forgetting", "plasticity"):
+        assert what in titles, what
+    assert "activation.name" in spec["group_by"]
+    from lab.dashboard import build_workspace
+
+    ws = build_workspace("plasticity", "someone", spec)
+    assert len(ws.sections) == len(spec["sections"]) and ws.sections[0].panels[0].groupby_rangefunc == "stderr"

@@ -1,0 +1,139 @@
+"""Load finished runs, group them by method (everything in the config but the
+seed) and summarise each group as mean ± standard error over seeds."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from registry import ConfigError
+
+IGNORED = ("seed", "out_dir", "wandb", "progress", "metrics", "plugins", "device", "train.threads",
+           "train.log_every", "train.checkpoint")
+
+
+@dataclass
+class Run:
+    path: Path
+    summary: dict[str, Any]
+    config: dict[str, Any]
+
+
+@dataclass
+class Group:
+    label: str
+    runs: list[Run] = field(default_factory=list)
+
+    @property
+    def seeds(self) -> list[int]:
+        return sorted(r.summary["seed"] for r in self.runs)
+
+    def values(self, key: str) -> np.ndarray:
+        return np.array([r.summary[key] for r in self.runs if r.summary.get(key) is not None], dtype=float)
+
+    def series(self, key: str) -> np.ndarray:
+        """(runs, tasks) array of a per-task series (online accuracy), truncated to the shortest run."""
+        rows = [r.summary[key] for r in self.runs]
+        n = min(len(r) for r in rows)
+        return np.array([r[:n] for r in rows], dtype=float)
+
+    def diagnostic(self, stem: str) -> tuple[np.ndarray, np.ndarray]:
+        """(tasks, (runs, tasks) values) of a tracker series averaged over layers (``stem/<layer>``)."""
+        per_run = []
+        for r in self.runs:
+            diag = r.summary.get("diagnostics", {})
+            keys = [k for k in diag if k.startswith(stem + "/")] or ([stem] if stem in diag else [])
+            if not keys:
+                return np.array([]), np.empty((0, 0))
+            tasks = [t for t, _ in diag[keys[0]]]
+            per_run.append((tasks, np.mean([[v for _, v in diag[k]] for k in keys], axis=0)))
+        n = min(len(t) for t, _ in per_run)
+        return np.array(per_run[0][0][:n]), np.array([v[:n] for _, v in per_run])
+
+
+def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(d, dict):
+        return {prefix: d}
+    out = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}.{k}" if prefix else str(k)))
+    if isinstance(d, dict) and not d and prefix:
+        out[prefix] = "none"
+    return out
+
+
+def _short(key: str) -> str:
+    """``activation.name`` -> ``activation``, ``agent.optimizer.lr`` -> ``optimizer.lr``."""
+    key = key.removeprefix("agent.")
+    return key.removesuffix(".name")
+
+
+def load_runs(dirs: list[Path]) -> list[Run]:
+    """Every finished run (a folder with summary.json) at or under ``dirs``."""
+    runs = []
+    for d in dirs:
+        found = sorted(Path(d).rglob("summary.json"))
+        if not found:
+            raise ConfigError("run_dir", str(d), "a run directory (or a folder of them) holding summary.json")
+        for path in found:
+            config = yaml.safe_load((path.parent / "config.yaml").read_text()) if (path.parent / "config.yaml").exists() else {}
+            runs.append(Run(path.parent, json.loads(path.read_text()), config))
+    return runs
+
+
+def group_runs(runs: list[Run]) -> list[Group]:
+    """Group by the config keys that differ between runs, the seed excepted."""
+    flats = [{k: v for k, v in _flat(r.config).items() if not k.startswith(IGNORED)} for r in runs]
+    keys = sorted({k for f in flats for k in f})
+    varying = [k for k in keys if len({json.dumps(f.get(k), default=str) for f in flats}) > 1]
+    groups: dict[str, Group] = {}
+    for run, f in zip(runs, flats):
+        label = ", ".join(f"{_short(k)}={f[k]}" for k in varying if f.get(k) is not None) or run.summary["experiment"]
+        groups.setdefault(label, Group(label)).runs.append(run)
+    return list(groups.values())
+
+
+def mean_se(x: np.ndarray) -> tuple[float, float]:
+    """Mean and standard error (sample std / sqrt n; 0 for a single run)."""
+    x = np.asarray(x, dtype=float)
+    x = x[~np.isnan(x)]
+    if x.size == 0:
+        return math.nan, math.nan
+    return float(x.mean()), float(x.std(ddof=1) / math.sqrt(x.size)) if x.size > 1 else 0.0
+
+
+def table(groups: list[Group]) -> tuple[list[str], list[list[str]]]:
+    head = ["method", "seeds", "avg accuracy", "online acc (first 10%)", "online acc (last 10%)", "forgetting", "BWT",
+            "dead units (final)", "effective rank (final)"]
+    rows = []
+    for g in groups:
+        acc = g.series("online_accuracy")
+        k = max(1, acc.shape[1] // 10)
+
+        def fmt(values: np.ndarray) -> str:
+            m, se = mean_se(values)
+            return "-" if math.isnan(m) else f"{m:.3f} ± {se:.3f}"
+
+        dead = [np.mean([v for key, v in r.summary.get("final_metrics", {}).items() if key.startswith("units/dead_frac/")] or [np.nan]) for r in g.runs]
+        erank = [np.mean([v for key, v in r.summary.get("final_metrics", {}).items() if key.startswith("rank/effective/")] or [np.nan]) for r in g.runs]
+        rows.append([g.label, str(len(g.runs)), fmt(g.values("avg_accuracy")), fmt(acc[:, :k].mean(1)),
+                     fmt(acc[:, -k:].mean(1)), fmt(g.values("forgetting")), fmt(g.values("bwt")), fmt(np.array(dead)),
+                     fmt(np.array(erank))])
+    return head, rows
+
+
+def render(head: list[str], rows: list[list[str]], fmt: str = "markdown") -> str:
+    if fmt == "csv":
+        buf = io.StringIO()
+        csv.writer(buf).writerows([head, *rows])
+        return buf.getvalue()
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
