@@ -30,7 +30,7 @@ import torch
 from agents.agent import Agent, StepInfo
 from metrics.curvature import hessian_top_eigenvalue
 from metrics.probes import fresh_copy, linear_probe, trainability
-from metrics.rank import effective_rank, srank, stable_rank
+from metrics.rank import effective_rank, singular_values, srank, stable_rank
 from metrics.sparsity import activation_sparsity, derivative_sparsity
 from metrics.units import dead_fraction, dormant_fraction
 from metrics.weights import feature_norm, mean_abs
@@ -108,9 +108,10 @@ class Tracker:
             out[f"sparsity/act/{name}"] = activation_sparsity(A, eps)
             with torch.enable_grad():
                 out[f"sparsity/grad/{name}"] = derivative_sparsity(Z, act, eps)
-            out[f"rank/effective/{name}"] = effective_rank(A)
-            out[f"rank/srank/{name}"] = srank(A)
-            out[f"rank/stable/{name}"] = stable_rank(A)
+            s = singular_values(A)
+            out[f"rank/effective/{name}"] = effective_rank(s=s)
+            out[f"rank/srank/{name}"] = srank(s=s)
+            out[f"rank/stable/{name}"] = stable_rank(s=s)
             out[f"features/norm/{name}"] = feature_norm(A)
         for name, layer in zip([*model.hidden_names, "out"], model.linears):
             out[f"weights/mean_abs/{name}"] = mean_abs(layer.weight)

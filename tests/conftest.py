@@ -34,3 +34,11 @@ def tiny_run(tmp_path):
         return run(cfg, tmp_path / out)
 
     return go
+
+
+def readme_snippet(heading: str) -> str:
+    """The first ```python block after ``heading`` in the README (tests run exactly what it shows)."""
+    text = (Path(__file__).parents[1] / "README.md").read_text()
+    after = text[text.index(heading):]
+    start = after.index("```python\n") + len("```python\n")
+    return after[start:after.index("```", start)]

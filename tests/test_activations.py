@@ -2,12 +2,12 @@
 import math
 import subprocess
 import sys
-import textwrap
 
 import pytest
 import torch
 
 from agents import MLP, activations
+from conftest import readme_snippet
 from agents.activations import init_gain, make_activation
 from registry import ConfigError
 
@@ -146,18 +146,13 @@ def test_bad_activation_parameters_are_named():
         make_activation("hard_ash", 4, alpha=0.0)
 
 
-PLUGIN = '''
-from agents.activations import activations
+PLUGIN = readme_snippet("### Add an activation")
 
-@activations.register("mine", gain="relu")
-def mine(x, p: float = 2.0):
-    """ReLU to the power p."""
-    return x.clamp(min=0) ** p
-'''
 
 
 def test_user_activation_from_their_own_file(tmp_path):
-    (tmp_path / "my_acts.py").write_text(textwrap.dedent(PLUGIN))
+    assert len(PLUGIN.strip().splitlines()) <= 10
+    (tmp_path / "my_acts.py").write_text(PLUGIN)
     args = ["run", "plugins=[my_acts]", "activation=mine", "activation.p=1.5", "agent.optimizer.lr=0.05", "wandb.enabled=false", "progress=off",
             "stream.num_tasks=2", "stream.examples_per_task=1000", "out_dir=out"]
     p = subprocess.run([sys.executable, "-m", "lab", *args], cwd=tmp_path, capture_output=True, text=True, timeout=300)

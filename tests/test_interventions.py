@@ -15,6 +15,7 @@ from agents.interventions.redo import dormant_scores
 from agents.interventions.units import reset_units
 from agents.optimizers import make_optimizer
 from agents.upgd import UPGD
+from conftest import readme_snippet
 
 
 def tiny_agent(opt="sgd", lr=0.1, hidden=(4,), seed=0, **kw):
@@ -268,31 +269,21 @@ def test_combined_interventions_from_config(tiny_run):
         tiny_run("interventions=[cbp]", "interventions.cbp.util_type=best")
 
 
-RESET_PLUGIN = '''
-import torch
-from dataclasses import dataclass
-from agents.interventions import interventions
-from agents.interventions.units import reset_units
+RESET_PLUGIN = readme_snippet("### Add an intervention")
 
-@interventions.register("reset_weakest")
-@dataclass
-class ResetWeakest:
-    """At each task start, reset the unit with the smallest outgoing weights in every layer."""
-    per_task: int = 1
-
-    def on_task_start(self, agent, task):
-        for layer in agent.model.unit_layers():
-            weakest = layer.outgoing.weight.abs().sum(0).argsort()[: self.per_task]
-            reset_units(layer, weakest, agent.optimizer)
-        return {"reset_weakest/units": self.per_task}
-'''
 
 
 def test_user_intervention_from_their_own_file(tmp_path):
+    assert len(RESET_PLUGIN.strip().splitlines()) <= 15
     (tmp_path / "my_resets.py").write_text(RESET_PLUGIN)
+    common = ["wandb.enabled=false", "progress=off", "stream.num_tasks=2", "stream.examples_per_task=256",
+              "metrics.enabled=false"]
     args = ["run", "plugins=[my_resets]", "interventions=[reset_weakest]", "interventions.reset_weakest.per_task=2",
-            "wandb.enabled=false", "progress=off", "stream.num_tasks=2", "stream.examples_per_task=256", "out_dir=out"]
+            *common, "out_dir=with"]
     p = subprocess.run([sys.executable, "-m", "lab", *args], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr
-    records = [json.loads(l) for l in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
-    assert [r["reset_weakest/units"] for r in records if "reset_weakest/units" in r] == [2, 2]
+    p = subprocess.run([sys.executable, "-m", "lab", "run", *common, "out_dir=without"], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=300)
+    with_reset, plain = (json.loads((tmp_path / d / "summary.json").read_text()) for d in ("with", "without"))
+    assert with_reset["interventions"] == ["reset_weakest"]
+    assert with_reset["online_loss"] != plain["online_loss"]
