@@ -124,7 +124,7 @@ class ContinualBackprop:
     def _instant_utility(self, layer, h: torch.Tensor, f_hat: torch.Tensor) -> torch.Tensor:
         kind = self.util_type
         out_mag = _outgoing_magnitude(layer) if kind not in ("feature_by_input", "adaptation") else None
-        in_mag = layer.incoming.weight.abs().flatten(1).mean(1) if kind in (
+        in_mag = _incoming_magnitude(layer) if kind in (
             "adaptable_contribution", "feature_by_input", "adaptation") else None
         if kind == "contribution":
             return out_mag * h.abs().mean(0)
@@ -165,12 +165,21 @@ def _per_unit(h: torch.Tensor, units: int) -> torch.Tensor:
     return h
 
 
+def _incoming_magnitude(layer) -> torch.Tensor:
+    """mean_i |W_cur[j, i]| per unit j: an L1 norm reduction, one read of the
+    weights and no |W| temporary (this runs every step)."""
+    w = layer.incoming.weight.flatten(1)
+    return torch.linalg.vector_norm(w, ord=1, dim=1) / w.shape[1]
+
+
 def _outgoing_magnitude(layer) -> torch.Tensor:
     """mean_k |W_next[k, j]| per unit j (over all columns the unit feeds)."""
-    w = layer.outgoing.weight.abs()
-    w = w.flatten(2).mean(2) if w.dim() > 2 else w
+    w = layer.outgoing.weight
     units = layer.incoming.weight.shape[0]
-    per_column = w.mean(0)
+    if w.dim() > 2:  # conv: over out-channels and kernel positions
+        per_column = torch.linalg.vector_norm(w.transpose(0, 1).flatten(1), ord=1, dim=1) / (w.numel() // w.shape[1])
+    else:
+        per_column = torch.linalg.vector_norm(w, ord=1, dim=0) / w.shape[0]
     if per_column.shape[0] != units:
         per_column = per_column.view(-1, units).mean(0)
     return per_column

@@ -1,0 +1,85 @@
+"""Batch-1 online steps per second on Dohare et al.'s permuted-MNIST net
+(784-2000-2000-2000-10, SGD lr 0.003): a plain PyTorch autograd loop, the
+lab's path (Agent.observe + the runner's hook dispatch and accumulators), and
+continual backprop on the lab's path (the paper's cfg: adaptable
+contribution, decay 0.99, maturity 100, replacement rate 1e-4). All measured
+in one process, alternating, median of repeats. Last line: JSON.
+
+    python benchmarks/online_step.py [--steps 300] [--repeats 3] [--width 2000]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+from agents import MLP, Agent, interventions
+from agents.optimizers import make_optimizer
+
+
+def make(width: int, seed: int = 0) -> Agent:
+    torch.manual_seed(seed)
+    net = MLP(784, [width] * 3, 10)
+    return Agent(net, make_optimizer(net.parameters(), "sgd", 0.003))
+
+
+def plain_loop(agent: Agent, x: torch.Tensor, y: torch.Tensor) -> float:
+    model, opt = agent.model, agent.optimizer
+    correct = torch.zeros((), dtype=torch.long)
+    t0 = time.perf_counter()
+    for i in range(len(y)):
+        out = model(x[i:i + 1])
+        loss = F.cross_entropy(out, y[i:i + 1])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        correct += (out.argmax(1) == y[i:i + 1]).sum()
+    correct.item()
+    return len(y) / (time.perf_counter() - t0)
+
+
+def lab_loop(agent: Agent, x: torch.Tensor, y: torch.Tensor, hooks: list) -> float:
+    correct = torch.zeros((), dtype=torch.long)
+    loss_sum = torch.zeros(())
+    t0 = time.perf_counter()
+    for i in range(len(y)):
+        info = agent.observe(x[i:i + 1], y[i:i + 1])
+        correct.add_(info.correct)
+        loss_sum.add_(info.loss)
+        for h in hooks:
+            h(agent, info)
+    correct.item()
+    return len(y) / (time.perf_counter() - t0)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--width", type=int, default=2000)
+    args = parser.parse_args()
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.rand(args.steps, 784, generator=g), torch.randint(0, 10, (args.steps,), generator=g)
+    plain, lab, cbp = make(args.width), make(args.width), make(args.width)
+    cbp_iv = interventions.get("cbp")(replacement_rate=1e-4, maturity_threshold=100)
+    cbp_iv.on_run_start(cbp)
+    rates: dict[str, list[float]] = {"plain": [], "lab": [], "lab_cbp": []}
+    for _ in range(args.repeats):
+        rates["plain"].append(plain_loop(plain, x, y))
+        rates["lab"].append(lab_loop(lab, x, y, []))
+        rates["lab_cbp"].append(lab_loop(cbp, x, y, [cbp_iv.after_step]))
+    med = {k: statistics.median(v) for k, v in rates.items()}
+    for k, v in med.items():
+        print(f"{k:<8} {v:8.1f} steps/s   ({1000 / v:.2f} ms/step)")
+    result = {"width": args.width, "threads": torch.get_num_threads(), "steps_per_s": {k: round(v, 1) for k, v in med.items()},
+              "lab_over_plain": round(med["lab"] / med["plain"], 3), "cbp_step_cost_vs_bp": round(med["lab"] / med["lab_cbp"], 3)}
+    print(f"lab / plain: {result['lab_over_plain']}   CBP step time / backprop step time: {result['cbp_step_cost_vs_bp']}")
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
