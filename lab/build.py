@@ -56,6 +56,13 @@ def build_agent(cfg: DictConfig, stream: Stream, device: torch.device) -> Agent:
               bias=cfg.agent.bias, layer_norm=cfg.agent.layer_norm).to(device)
     opt = as_dict(cfg.agent.optimizer)
     optimizer = make_optimizer(net.parameters(), opt.pop("name"), opt.pop("lr"), **opt)
+    if cfg.agent.kind == "avalanche":
+        from lab.avalanche_bridge.strategies import AvalancheAgent
+
+        return AvalancheAgent(net, optimizer, as_dict(cfg.agent.strategy), cfg.train.batch_size, cfg.train.epochs, device,
+                              loss=cfg.agent.loss)
+    if cfg.agent.kind != "native":
+        raise ConfigError("agent.kind", cfg.agent.kind, ("native", "avalanche"))
     return Agent(net, optimizer, loss=cfg.agent.loss)
 
 

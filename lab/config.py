@@ -37,6 +37,11 @@ class OptimizerConfig:
 
 @dataclass
 class AgentConfig:
+    """kind: native (the lab's learner) or avalanche (an Avalanche strategy,
+    ``agent=avalanche agent.strategy=ewc``, its parameters under agent.strategy.*)."""
+
+    kind: str = "native"
+    strategy: Any = None
     hidden: List[int] = field(default_factory=lambda: [100, 100])
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     loss: str = "cross_entropy"
@@ -128,6 +133,10 @@ def register_config_nodes() -> None:
         cs.store(group="stream", name=name, node={"name": name, **streams.params(name)})
     for name in activations.names():
         cs.store(group="activation", name=name, node={"name": name, **activations.params(name)})
+    from lab.avalanche_bridge.strategies import STRATEGIES
+
+    for name, (_, params) in STRATEGIES.items():
+        cs.store(group="agent/strategy", name=name, node={"name": name, **params}, package="agent.strategy")
     for name in interventions.names():
         cs.store(group="interventions", name=name, node=interventions.params(name), package=f"interventions.{name}")
 
@@ -149,6 +158,7 @@ def compose_config(overrides: list[str]) -> DictConfig:
     """
     load_plugins(plugin_modules(overrides))
     register_config_nodes()
+    overrides = [_strategy_choice(o) for o in overrides]
     _check_intervention_names(overrides)
     try:
         cfg = _compose(list(overrides))
@@ -156,6 +166,12 @@ def compose_config(overrides: list[str]) -> DictConfig:
         raise _readable(err, overrides) from None
     OmegaConf.resolve(cfg)
     return cfg
+
+
+def _strategy_choice(override: str) -> str:
+    """``agent.strategy=ewc`` picks the strategy's config node (``agent/strategy=ewc``)."""
+    key, sep, value = override.partition("=")
+    return f"agent/strategy={value}" if sep and key.lstrip("+") == "agent.strategy" else override
 
 
 def _check_intervention_names(overrides: list[str]) -> None:
@@ -177,13 +193,13 @@ def _compose(overrides: list[str]) -> DictConfig:
 def _readable(err: Exception, overrides: list[str]) -> ConfigError:
     """Translate a Hydra composition error into a ConfigError."""
     text = str(err)
-    missing = re.search(r"Could not find '([^/']+)/([^']+)'", text)
+    missing = re.search(r"Could not find '([^']+)/([^/']+)'", text)
     if missing:
         group, value = missing.groups()
         GlobalHydra.instance().clear()
         with initialize_config_dir(config_dir=config_dir(), version_base=None):
             options = GlobalHydra.instance().config_loader().get_group_options(group)
-        return ConfigError(group, value, options)
+        return ConfigError(group.replace("/", "."), value, options)
     unknown = re.search(r"Could not override '([^']+)'", text)
     if unknown:
         key = unknown.group(1)

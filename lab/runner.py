@@ -169,7 +169,10 @@ def _run_task(ctx: RunContext, task: Task, progress: Progress, device: torch.dev
     for h in ctx.hooks.on_task_start:
         _emit(ctx, task.id, h(agent, task))
     t0 = time.perf_counter()
-    correct, loss, seen = _train_epochs(ctx, task, progress, device)
+    if hasattr(agent, "train_task"):  # a learner with its own training loop (an Avalanche strategy)
+        correct, loss, seen = _train_delegated(ctx, task, progress)
+    else:
+        correct, loss, seen = _train_epochs(ctx, task, progress, device)
     ctx.results.train_seconds += time.perf_counter() - t0
     ctx.results.examples += seen
     for h in ctx.hooks.on_task_end:
@@ -215,6 +218,19 @@ def _train_epochs(ctx: RunContext, task: Task, progress: Progress, device: torch
                 read = _log_window(ctx, task.id, correct, loss_sum, seen, read, progress)
     read = _log_window(ctx, task.id, correct, loss_sum, seen, read, progress, record=False)
     return read[0], read[1], seen
+
+
+def _train_delegated(ctx: RunContext, task: Task, progress: Progress) -> tuple[float, float, int]:
+    """Hand the task to the agent's own loop; per-step hooks run inside it."""
+    hooks = [lambda agent, info, h=h: _emit(ctx, task.id, h(agent, info)) for h in ctx.hooks.after_step]
+    label = task.id if ctx.stream.scenario == "task" else 0
+    correct, loss, seen, updates = ctx.agent.train_task(task, label, hooks)
+    ctx.step += updates
+    if not math.isfinite(loss):
+        raise NonFiniteLoss(f"the training loss became {loss} in task {task.id}; try a smaller agent.optimizer.lr")
+    progress.advance(seen, task.id)
+    _emit(ctx, task.id, {"train/loss": loss / max(seen, 1), "train/online_acc": correct / max(seen, 1)})
+    return correct, loss, seen
 
 
 def _log_window(ctx: RunContext, task_id: int, correct: torch.Tensor, loss_sum: torch.Tensor, seen: int,
