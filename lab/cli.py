@@ -97,8 +97,9 @@ def _multirun(overrides: list[str]) -> int:
     import hydra
     from hydra.core.hydra_config import HydraConfig
 
-    from lab.config import compose_config, config_dir
+    from lab.config import compose_config, config_dir, strategy_choice
 
+    overrides = [strategy_choice(o) for o in overrides]
     for combo in _first_values(overrides):
         compose_config(combo)  # every name and value valid before any job starts
     sweep_dir = Path("runs") / "multirun" / datetime.now().strftime("%Y%m%d-%H%M%S")

@@ -158,7 +158,7 @@ def compose_config(overrides: list[str]) -> DictConfig:
     """
     load_plugins(plugin_modules(overrides))
     register_config_nodes()
-    overrides = [_strategy_choice(o) for o in overrides]
+    overrides = [strategy_choice(o) for o in overrides]
     _check_intervention_names(overrides)
     try:
         cfg = _compose(list(overrides))
@@ -168,7 +168,7 @@ def compose_config(overrides: list[str]) -> DictConfig:
     return cfg
 
 
-def _strategy_choice(override: str) -> str:
+def strategy_choice(override: str) -> str:
     """``agent.strategy=ewc`` picks the strategy's config node (``agent/strategy=ewc``)."""
     key, sep, value = override.partition("=")
     return f"agent/strategy={value}" if sep and key.lstrip("+") == "agent.strategy" else override

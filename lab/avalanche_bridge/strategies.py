@@ -50,16 +50,16 @@ class AvalancheAgent(Agent):
             raise ConfigError(f"agent.strategy.{sorted(unknown)[0]}", params[sorted(unknown)[0]],
                               f"a parameter of {name}: {', '.join(defaults) or '(none)'}")
         self.params, self.batch_size, self.epochs, self.device = {**defaults, **params}, batch_size, epochs, device
-        self.strategy = None
+        self.strategy = self._build()  # imports avalanche (seconds) before training starts, not inside it
 
-    def _build(self, step_hooks: list[Callable]) -> Any:
+    def _build(self) -> Any:
         import avalanche.training.supervised as sup
         from avalanche.training.plugins import EvaluationPlugin
 
         from lab.avalanche_bridge.plugins import OnlineAccuracy, StepHooks
 
         self._online = OnlineAccuracy()
-        self._hooks = StepHooks(self, step_hooks)
+        self._hooks = StepHooks(self, [])
         cls = getattr(sup, self.class_name)
         return cls(model=self.model, optimizer=self.optimizer, criterion=torch.nn.CrossEntropyLoss(),
                    train_mb_size=self.batch_size, train_epochs=self.epochs, eval_mb_size=1024, device=self.device,
@@ -69,8 +69,7 @@ class AvalancheAgent(Agent):
         """Train ``task`` with the strategy: (correct, summed loss, examples, updates), read once."""
         from lab.avalanche_bridge.benchmark import task_experience
 
-        if self.strategy is None:
-            self.strategy = self._build(step_hooks)
+        self._hooks.after_step_hooks = step_hooks
         self._online.reset(self.device)
         experience = task_experience(task, task_label)
         before = self.strategy.clock.train_iterations
