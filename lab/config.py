@@ -79,6 +79,7 @@ class MetricsConfig:
     hessian_every: int = 25
     dormant_tau: float = 0.1
     sparsity_eps: float = 1e-3
+    layers: Optional[List[str]] = None
 
 
 @dataclass

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
+import torch
+
 Matrix = Sequence[Sequence[Optional[float]]]
 
 
@@ -49,3 +51,12 @@ def fwt(R: Matrix, baseline: Sequence[Optional[float]]) -> float | None:
         R[j - 1][j] - baseline[j] for j in range(1, len(R))
         if R[j - 1][j] is not None and baseline[j] is not None
     ])
+
+
+def online_accuracy(correct: torch.Tensor, bin_size: int) -> list[float]:
+    """Prequential accuracy: the per-example 0/1 flags of predictions made
+    *before* each update, averaged over consecutive bins of ``bin_size``
+    examples (Dohare et al. plot bins of one task, 60,000 examples; a last
+    partial bin is averaged over what it holds)."""
+    flags = correct.detach().float().flatten()
+    return [float(flags[i:i + bin_size].mean()) for i in range(0, flags.numel(), bin_size)]

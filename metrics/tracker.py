@@ -18,6 +18,7 @@ Cost is bounded by the schedule, not by the run's length:
 
 Sparsity thresholds: exact zeros (eps = 0) for activations that reach 0
 (ReLU family, hard_ash, crelu), eps = ``sparsity_eps`` (1e-3) for the rest.
+``layers`` restricts the per-layer metrics to those hidden layers (null: all).
 A tracker never changes the run: it works under ``no_grad`` or on copies.
 """
 from __future__ import annotations
@@ -50,6 +51,7 @@ class Tracker:
     hessian_every: int = 25
     dormant_tau: float = 0.1
     sparsity_eps: float = 1e-3
+    layers: list | None = None
     series: dict[str, list] = field(default_factory=dict, init=False)
     steps: int = field(default=0, init=False)
     _probe_task: Any = field(default=None, init=False, repr=False)
@@ -103,6 +105,8 @@ class Tracker:
         eps = 0.0 if model.activation in EXACT_ZERO else self.sparsity_eps
         out: dict[str, float] = {}
         for name, A, Z, act in zip(model.hidden_names, feats, pre, model.acts):
+            if self.layers and name not in self.layers:
+                continue
             out[f"units/dead_frac/{name}"] = dead_fraction(A)
             out[f"units/dormant_frac/{name}"] = dormant_fraction(A, self.dormant_tau)
             out[f"sparsity/act/{name}"] = activation_sparsity(A, eps)

@@ -1,7 +1,9 @@
 """Accuracy-matrix metrics against values computed by hand."""
 import pytest
 
-from metrics import avg_accuracy, bwt, forgetting, fwt
+import torch
+
+from metrics import avg_accuracy, bwt, forgetting, fwt, online_accuracy
 
 # R[i][j]: accuracy on task j after training task i (3 tasks).
 R = [
@@ -39,3 +41,8 @@ def test_unevaluated_entries_are_skipped_and_empty_gives_none():
     assert bwt(partial) is None and forgetting(partial) is None
     assert avg_accuracy(partial) == pytest.approx(0.8)
     assert avg_accuracy([]) is None
+
+
+def test_online_accuracy_bins_pre_update_flags():
+    flags = torch.tensor([1, 0, 1, 1, 0, 0, 1])
+    assert online_accuracy(flags, 3) == pytest.approx([2 / 3, 1 / 3, 1.0])
