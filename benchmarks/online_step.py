@@ -1,8 +1,9 @@
 """Batch-1 online steps per second on Dohare et al.'s permuted-MNIST net
 (784-2000-2000-2000-10, SGD lr 0.003): a plain PyTorch autograd loop, the
-lab's path (Agent.observe + the runner's hook dispatch and accumulators), and
-continual backprop on the lab's path (the paper's cfg: adaptable
-contribution, decay 0.99, maturity 100, replacement rate 1e-4). All measured
+lab's autograd path (Agent.observe + the runner's hook dispatch and
+accumulators), the lab's fused path (agents/fused.py), and continual backprop
+on each (the paper's cfg: adaptable contribution, decay 0.99, maturity 100,
+replacement rate 1e-4). All measured
 in one process, alternating, median of repeats. Last line: JSON.
 
     python benchmarks/online_step.py [--steps 300] [--repeats 3] [--width 2000]
@@ -18,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from agents import MLP, Agent, interventions
+from agents.fused import FusedAgent
 from agents.optimizers import make_optimizer
 
 
@@ -65,19 +67,26 @@ def main() -> None:
     g = torch.Generator().manual_seed(0)
     x, y = torch.rand(args.steps, 784, generator=g), torch.randint(0, 10, (args.steps,), generator=g)
     plain, lab, cbp = make(args.width), make(args.width), make(args.width)
-    cbp_iv = interventions.get("cbp")(replacement_rate=1e-4, maturity_threshold=100)
+    fused, fused_cbp = FusedAgent(make(args.width)), FusedAgent(make(args.width))
+    cbp_iv, fused_cbp_iv = (interventions.get("cbp")(replacement_rate=1e-4, maturity_threshold=100) for _ in range(2))
     cbp_iv.on_run_start(cbp)
-    rates: dict[str, list[float]] = {"plain": [], "lab": [], "lab_cbp": []}
+    fused_cbp_iv.on_run_start(fused_cbp)
+    rates: dict[str, list[float]] = {"plain": [], "lab": [], "lab_cbp": [], "fused": [], "fused_cbp": []}
     for _ in range(args.repeats):
         rates["plain"].append(plain_loop(plain, x, y))
         rates["lab"].append(lab_loop(lab, x, y, []))
         rates["lab_cbp"].append(lab_loop(cbp, x, y, [cbp_iv.after_step]))
+        rates["fused"].append(lab_loop(fused, x, y, []))
+        rates["fused_cbp"].append(lab_loop(fused_cbp, x, y, [fused_cbp_iv.after_step]))
     med = {k: statistics.median(v) for k, v in rates.items()}
     for k, v in med.items():
         print(f"{k:<8} {v:8.1f} steps/s   ({1000 / v:.2f} ms/step)")
     result = {"width": args.width, "threads": torch.get_num_threads(), "steps_per_s": {k: round(v, 1) for k, v in med.items()},
-              "lab_over_plain": round(med["lab"] / med["plain"], 3), "cbp_step_cost_vs_bp": round(med["lab"] / med["lab_cbp"], 3)}
-    print(f"lab / plain: {result['lab_over_plain']}   CBP step time / backprop step time: {result['cbp_step_cost_vs_bp']}")
+              "lab_over_plain": round(med["lab"] / med["plain"], 3), "fused_over_plain": round(med["fused"] / med["plain"], 3),
+              "cbp_step_cost_vs_bp": round(med["lab"] / med["lab_cbp"], 3),
+              "fused_cbp_step_cost_vs_fused_bp": round(med["fused"] / med["fused_cbp"], 3)}
+    print(f"lab / plain {result['lab_over_plain']}   fused / plain {result['fused_over_plain']}   "
+          f"CBP step cost / BP: autograd {result['cbp_step_cost_vs_bp']}, fused {result['fused_cbp_step_cost_vs_fused_bp']}")
     print(json.dumps(result))
 
 

@@ -93,6 +93,23 @@ def build_tracker(cfg: DictConfig) -> Any:
         raise ConfigError("metrics", params, str(err)) from None
 
 
+def use_fast_path(cfg: DictConfig, agent: Agent, ivs: list[Any]) -> Agent:
+    """The fused-step agent when ``train.fast`` allows and the run qualifies."""
+    from agents.fused import FusedAgent, fused_reason
+
+    mode = str(cfg.train.fast).lower()
+    if mode not in ("auto", "true", "false"):
+        raise ConfigError("train.fast", cfg.train.fast, ("auto", "true", "false"))
+    if mode == "false" or type(agent) is not Agent:
+        return agent
+    reason = fused_reason(agent, [iv for iv in ivs if hasattr(iv, "penalty")])
+    if reason is None:
+        return FusedAgent(agent, extra_decay=sum(iv.decay for iv in ivs if hasattr(iv, "decay")))
+    if mode == "true":
+        raise ConfigError("train.fast", True, f"a run the fused path supports; this one has {reason}")
+    return agent
+
+
 def check_train(cfg: DictConfig) -> None:
     """Validate the ``train`` section (positive sizes and cadences)."""
     t = cfg.train

@@ -54,7 +54,9 @@ class TrainConfig:
     """batch_size/epochs: per task. eval_every: evaluate every N tasks (the
     last task always). eval_window: evaluate only the last W tasks seen
     (null = all seen tasks). log_every: steps between records (the only
-    moment the loop reads numbers back from the device)."""
+    moment the loop reads numbers back from the device). fast: auto (the
+    fused SGD path of agents/fused.py where the run allows it), true
+    (require it), false (always autograd)."""
 
     batch_size: int = 16
     epochs: int = 1
@@ -63,6 +65,7 @@ class TrainConfig:
     log_every: int = 250
     threads: Optional[int] = None
     checkpoint: bool = True
+    fast: str = "auto"
 
 
 @dataclass

@@ -24,7 +24,7 @@ from agents import Agent, StepInfo
 from agents.interventions import HOOKS
 from lab import checkpoint
 from lab.build import (as_dict, build_agent, build_interventions, build_stream, build_tracker, check_train, resolve_device,
-                       seed_everything)
+                       seed_everything, use_fast_path)
 from lab.progress import Progress
 from lab.results import Results
 from lab.sinks import JsonlSink, Sink, close_all, emit
@@ -94,6 +94,7 @@ def run(cfg: DictConfig, out_dir: str | Path | None = None, resume: bool = False
     stream = build_stream(cfg)
     agent = build_agent(cfg, stream, device)
     ivs = build_interventions(cfg)
+    agent = use_fast_path(cfg, agent, ivs)
     tracker = build_tracker(cfg)
     watchers = ([tracker] if tracker else []) + ivs  # the tracker sees each task switch before any intervention
     out = Path(out_dir or cfg.out_dir or default_out_dir(cfg))
@@ -102,7 +103,8 @@ def run(cfg: DictConfig, out_dir: str | Path | None = None, resume: bool = False
     if not resume:
         OmegaConf.save(cfg, out / "config.yaml", resolve=True)
     hooks = Hooks.of(watchers)
-    agent.penalties = list(hooks.penalty)
+    if not hasattr(agent, "extra_decay"):  # the fused agent folds l2 into its decay instead
+        agent.penalties = list(hooks.penalty)
     results, first, step, wandb_id = Results(), 0, 0, None
     if ckpt is not None:
         agent.load_state_dict(ckpt["agent"])
@@ -134,7 +136,7 @@ def run(cfg: DictConfig, out_dir: str | Path | None = None, resume: bool = False
                     "jsonl_offset": jsonl.offset(), "wandb_id": wandb_sink.run_id if wandb_sink else None,
                 })
         progress.close()
-        summary = _summary(cfg, results, time.perf_counter() - t_start, wandb_sink)
+        summary = _summary(cfg, results, time.perf_counter() - t_start, wandb_sink, agent)
         if tracker is not None:
             summary["final_metrics"] = tracker.final()
             summary["diagnostics"] = tracker.series
@@ -284,7 +286,7 @@ def _log_final(sink: Any, results: Results, out: Path) -> None:
         warnings.warn(f"W&B: could not log the accuracy matrix ({err})")
 
 
-def _summary(cfg: DictConfig, results: Results, wall: float, wandb_sink: Any) -> dict[str, Any]:
+def _summary(cfg: DictConfig, results: Results, wall: float, wandb_sink: Any, agent: Agent) -> dict[str, Any]:
     return {
         "experiment": cfg.experiment,
         "seed": cfg.seed,
@@ -300,6 +302,7 @@ def _summary(cfg: DictConfig, results: Results, wall: float, wandb_sink: Any) ->
         "examples_per_s": results.examples / max(results.train_seconds, 1e-9),
         "examples": results.examples,
         "wandb_sync": wandb_sink.sync_hint() if wandb_sink else None,
+        "fused_path": hasattr(agent, "extra_decay"),
     }
 
 

@@ -23,6 +23,11 @@ class L2:
         if self.weight < 0:
             raise ValueError(f"weight must be >= 0, got {self.weight}")
 
+    @property
+    def decay(self) -> float:
+        """The same term as a per-step decay (its gradient is weight * theta): what the fused path applies."""
+        return self.weight
+
     def penalty(self, model: nn.Module) -> torch.Tensor:
         params = [p for layer in model.linears for p in (layer.weight, layer.bias) if p is not None]
         return 0.5 * self.weight * sum(p.square().sum() for p in params)

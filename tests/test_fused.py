@@ -1,0 +1,61 @@
+"""The fused SGD path gives the autograd path's weights and metrics, intervention by intervention."""
+import pytest
+import torch
+
+from registry import ConfigError
+
+BASE = ["wandb.enabled=false", "progress=off", "agent.hidden=[32,16]", "stream.num_tasks=3",
+        "stream.examples_per_task=200", "metrics.probe_every=0", "metrics.hessian_every=0", "agent.optimizer.lr=0.05"]
+
+
+@pytest.mark.parametrize("extra", [
+    [], ["interventions=[l2]", "interventions.l2.weight=1e-3"],
+    ["interventions=[shrink_perturb]", "interventions.shrink_perturb.shrink=1e-4", "interventions.shrink_perturb.noise_std=1e-3"],
+    ["interventions=[cbp]", "interventions.cbp.replacement_rate=0.01", "interventions.cbp.maturity_threshold=20"],
+    ["agent.optimizer.weight_decay=1e-3", "activation=tanh", "train.batch_size=1"],
+], ids=["backprop", "l2", "shrink_perturb", "cbp", "tanh_wd_batch1"])
+def test_fused_matches_autograd(extra, tiny_run, tmp_path):
+    slow = tiny_run(*extra, "train.fast=false", base=BASE, out="slow")
+    fast = tiny_run(*extra, "train.fast=true", base=BASE, out="fast")
+    assert fast["fused_path"] and not slow["fused_path"]
+    assert fast["online_loss"] == pytest.approx(slow["online_loss"], rel=1e-4, abs=1e-6)
+    assert fast["online_accuracy"] == slow["online_accuracy"]
+    a = torch.load(tmp_path / "slow/checkpoints/last.pt", weights_only=False)
+    b = torch.load(tmp_path / "fast/checkpoints/last.pt", weights_only=False)
+    for k, v in a["agent"]["model"].items():  # float rounding drifts a little over hundreds of steps
+        assert torch.allclose(v, b["agent"]["model"][k], atol=1e-3), k
+    if "interventions=[cbp]" in extra:
+        ages = lambda ck: [l["age"] for l in ck["interventions"][1]["layers"]]
+        assert all(torch.equal(x, y) for x, y in zip(ages(a), ages(b)))  # the same units were replaced
+        assert min(int(l.max()) for l in ages(a)) < 600  # and some were (ages restarted)
+
+
+@pytest.mark.parametrize("act", ["relu", "tanh", "sigmoid", "leaky_relu", "linear"])
+@pytest.mark.parametrize("batch", [1, 4])
+def test_one_fused_step_equals_one_autograd_step(act, batch):
+    import copy
+
+    from agents import MLP, Agent
+    from agents.fused import FusedAgent
+    from agents.optimizers import make_optimizer
+
+    torch.manual_seed(0)
+    net = MLP(6, [5, 4], 3, activation=act).double()
+    twin = copy.deepcopy(net)
+    slow = Agent(net, make_optimizer(net.parameters(), "sgd", 0.1, weight_decay=0.01))
+    fast = FusedAgent(Agent(twin, make_optimizer(twin.parameters(), "sgd", 0.1, weight_decay=0.01)))
+    x, y = torch.randn(batch, 6, dtype=torch.float64), torch.randint(0, 3, (batch,))
+    a, b = slow.observe(x, y), fast.observe(x, y)
+    assert float(a.loss) == pytest.approx(float(b.loss), rel=1e-12)
+    for p, q in zip(net.parameters(), twin.parameters()):
+        assert torch.allclose(p, q, atol=1e-12)
+    assert all(torch.allclose(f, g) for f, g in zip(a.features, b.features))
+
+
+def test_fast_true_says_why_it_cannot_run(tiny_run):
+    with pytest.raises(ConfigError, match="train.fast.*Adam"):
+        tiny_run("train.fast=true", "agent.optimizer.name=adam", base=BASE)
+    with pytest.raises(ConfigError, match="train.fast.*L2Init"):
+        tiny_run("train.fast=true", "interventions=[l2_init]", base=BASE)
+    s = tiny_run("agent.optimizer.name=adam", "agent.optimizer.lr=0.001", base=BASE)  # auto: falls back
+    assert s["fused_path"] is False
