@@ -89,7 +89,7 @@ def build_tracker(cfg: DictConfig) -> Any:
         return None
     try:
         return Tracker(**params)
-    except ValueError as err:
+    except (TypeError, ValueError) as err:
         raise ConfigError("metrics", params, str(err)) from None
 
 

@@ -2,7 +2,8 @@
 
 ``configs/config.yaml`` composes the schema below with one choice from each
 group (``stream``, ``activation``, ``interventions``, ``experiment``) and the
-command-line overrides. The ``stream``, ``activation`` and ``interventions``
+command-line overrides. The ``metrics`` section is the metric tracker's own
+parameters (metrics/tracker.py) plus ``enabled``. The ``stream``, ``activation`` and ``interventions``
 groups are generated from the registries (a plug-in's parameters and defaults
 come from its definition), so registering a plug-in is all it takes to make
 ``activation=mine activation.p=3`` valid; ``experiment`` presets are YAML.
@@ -21,7 +22,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from agents.activations import activations
 from agents.interventions import interventions
-from registry import ConfigError, load_plugins
+from metrics.tracker import Tracker
+from registry import ConfigError, load_plugins, params_of
 from streams import streams
 
 
@@ -69,23 +71,6 @@ class TrainConfig:
 
 
 @dataclass
-class MetricsConfig:
-    """The tracker's schedule (see metrics/tracker.py); 0 turns a cadence off."""
-
-    enabled: bool = True
-    probe_size: int = 1000
-    at_task_start: bool = True
-    every_steps: int = 250
-    probe_every: int = 10
-    probe_steps: int = 100
-    probe_examples: int = 512
-    hessian_every: int = 25
-    dormant_tau: float = 0.1
-    sparsity_eps: float = 1e-3
-    layers: Optional[List[str]] = None
-
-
-@dataclass
 class DataConfig:
     """root: a directory of MNIST-format IDX files; null = the embedded subset."""
 
@@ -120,7 +105,7 @@ class Config:
     activation: Any = None
     interventions: Dict[str, Any] = field(default_factory=dict)
     train: TrainConfig = field(default_factory=TrainConfig)
-    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    metrics: Any = None
     wandb: WandbConfig = field(default_factory=WandbConfig)
 
 
@@ -133,6 +118,7 @@ def register_config_nodes() -> None:
     """Put the schema and one node per registered plug-in in Hydra's ConfigStore."""
     cs = ConfigStore.instance()
     cs.store(name="schema", node=Config)
+    cs.store(group="metrics", name="default", node={"enabled": True, **params_of(Tracker)})
     for name in streams.names():
         cs.store(group="stream", name=name, node={"name": name, **streams.params(name)})
     for name in activations.names():

@@ -55,7 +55,7 @@ class Entry:
     meta: dict[str, Any]
 
 
-def _params_of(obj: Any) -> dict[str, Any]:
+def params_of(obj: Any) -> dict[str, Any]:
     """Parameter names and defaults of a dataclass or a callable.
 
     For a plain function the first positional parameter (the input tensor) is
@@ -105,7 +105,7 @@ class Registry:
 
         def deco(obj: Any) -> Any:
             doc = inspect.getdoc(obj) or ""
-            params = {k: v for k, v in _params_of(obj).items() if k not in self.reserved}
+            params = {k: v for k, v in params_of(obj).items() if k not in self.reserved}
             for n in (name, *aliases):
                 self._entries[n] = Entry(n, obj, params, doc, dict(meta))
             return obj
