@@ -7,7 +7,7 @@ correct predictions from the *same* forward pass, before the update
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -30,7 +30,9 @@ class StepInfo:
     ``loss``: the data loss (without penalties), detached, 0-d;
     ``correct``: number of correct pre-update predictions, 0-d int tensor;
     ``features``: post-activation output of each hidden layer from the
-    pre-update forward pass (what continual backprop's utility reads).
+    pre-update forward pass (what continual backprop's utility reads);
+    ``grads``: for paths that never materialise parameter gradients (the
+    fused one), a function that builds them on demand (weight, bias per layer).
     """
 
     x: torch.Tensor
@@ -39,6 +41,7 @@ class StepInfo:
     loss: torch.Tensor
     correct: torch.Tensor
     features: list[torch.Tensor] = field(default_factory=list)
+    grads: Optional[Callable[[], list[torch.Tensor]]] = None
 
     @property
     def batch_size(self) -> int:

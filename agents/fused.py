@@ -100,4 +100,14 @@ class FusedAgent(Agent):
                     lin.bias.mul_(1 - lr * decay)
                 lin.bias.add_(d.sum(0), alpha=-lr)
         correct = (logits.argmax(1) == y).sum()
-        return StepInfo(x, y, logits, loss, correct, feats)
+
+        def grads() -> list[torch.Tensor]:
+            """dL/dW = d^T h_in and dL/db = sum d per layer (the data loss; decay excluded)."""
+            out = []
+            for lin, d, h_in in zip(model.linears, deltas, ins):
+                out.append(d.t() @ h_in)
+                if lin.bias is not None:
+                    out.append(d.sum(0))
+            return out
+
+        return StepInfo(x, y, logits, loss, correct, feats, grads)

@@ -78,6 +78,8 @@ class Tracker:
         if not self.every_steps or self.steps % self.every_steps:
             return None
         grads = [p.grad for p in agent.model.parameters() if p.grad is not None]
+        if not grads and info.grads is not None:  # the fused path builds them on demand
+            grads = info.grads()
         if not grads:
             return None
         flat = torch.cat([g.detach().flatten() for g in grads])

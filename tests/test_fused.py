@@ -50,6 +50,8 @@ def test_one_fused_step_equals_one_autograd_step(act, batch):
     for p, q in zip(net.parameters(), twin.parameters()):
         assert torch.allclose(p, q, atol=1e-12)
     assert all(torch.allclose(f, g) for f, g in zip(a.features, b.features))
+    # gradients built on demand equal autograd's (the data loss; SGD's decay is applied inside the optimizer)
+    assert all(torch.allclose(p.grad, g, atol=1e-12) for p, g in zip(net.parameters(), b.grads()))
 
 
 def test_fast_true_says_why_it_cannot_run(tiny_run):
