@@ -142,7 +142,10 @@ def _as_override(o, value: str) -> str:
 def _list(as_json: bool) -> int:
     from agents import activations, interventions
     from agents.optimizers import optimizer_names
+    from lab.avalanche_bridge.strategies import STRATEGIES
     from lab.config import config_dir
+    from metrics.tracker import Tracker
+    from registry import params_of
     from streams import streams
 
     table = {
@@ -151,6 +154,8 @@ def _list(as_json: bool) -> int:
         "activations": {n: activations.params(n) for n in activations.names()},
         "interventions": {n: interventions.params(n) for n in interventions.names()},
         "optimizers": {n: {} for n in optimizer_names()},
+        "avalanche_strategies": {n: params for n, (_, params) in STRATEGIES.items()},
+        "metrics": {"tracker": params_of(Tracker)},
         "sinks": {"jsonl": {}, "wandb": {"mode": "auto|online|offline"}},
     }
     if as_json:

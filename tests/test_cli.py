@@ -64,7 +64,10 @@ def test_list_json_shows_registries_with_parameters(capsys):
     assert table["activations"]["leaky_relu"] == {"negative_slope": 0.01}
     assert table["streams"]["split_mnist"]["scenario"] == "class"
     assert {"permuted_mnist", "split_mnist"} <= set(table["experiments"])
-    assert "sgd" in table["optimizers"] and "adam" in table["optimizers"]
+    assert "sgd" in table["optimizers"] and "adam" in table["optimizers"] and "upgd" in table["optimizers"]
+    assert table["interventions"]["cbp"]["util_type"] == "adaptable_contribution"
+    assert table["avalanche_strategies"]["ewc"]["ewc_lambda"] == 100.0
+    assert table["metrics"]["tracker"]["probe_size"] == 1000
     assert main(["list"]) == 0
     assert "leaky_relu  (negative_slope=0.01)" in capsys.readouterr().out
 
