@@ -158,7 +158,7 @@ class StepHooks(SupervisedPlugin):
 
     def __init__(self, agent: Agent, after_step: list[Callable]):
         super().__init__()
-        self.agent, self.after_step_hooks = agent, after_step
+        self.agent, self.step_hooks = agent, after_step
         self.capture = _FeatureCapture(agent.model)
 
     def before_backward(self, strategy: Any, *args: Any, **kwargs: Any) -> None:
@@ -166,10 +166,10 @@ class StepHooks(SupervisedPlugin):
             strategy.loss = strategy.loss + penalty(strategy.model)
 
     def after_training_iteration(self, strategy: Any, *args: Any, **kwargs: Any) -> None:
-        if not self.after_step_hooks:
+        if not self.step_hooks:
             return
         logits = strategy.mb_output.detach()
         info = StepInfo(strategy.mb_x, strategy.mb_y, logits, strategy.loss.detach(),
                         (logits.argmax(1) == strategy.mb_y).sum(), list(self.capture.outputs))
-        for hook in self.after_step_hooks:
+        for hook in self.step_hooks:
             hook(self.agent, info)

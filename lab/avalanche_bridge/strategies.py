@@ -69,7 +69,7 @@ class AvalancheAgent(Agent):
         """Train ``task`` with the strategy: (correct, summed loss, examples, updates), read once."""
         from lab.avalanche_bridge.benchmark import task_experience
 
-        self._hooks.after_step_hooks = step_hooks
+        self._hooks.step_hooks = step_hooks
         self._online.reset(self.device)
         experience = task_experience(task, task_label)
         before = self.strategy.clock.train_iterations
