@@ -51,5 +51,8 @@ class Progress:
                   f"ETA {remaining:.0f} s", file=sys.stderr, flush=True)
 
     def close(self) -> None:
+        """Stop the live bar (safe to call twice)."""
         if self.bar is not None:
             self.bar.stop()
+            self.bar = None
+            self.quiet = True
