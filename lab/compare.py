@@ -88,11 +88,44 @@ def load_runs(dirs: list[Path]) -> list[Run]:
     return runs
 
 
+def _method_keys(config: dict[str, Any]) -> dict[str, Any]:
+    """The flattened config that identifies a method: ``interventions`` as the
+    list of names, and each plug-in's parameters under its own name."""
+    flat = {k: v for k, v in _flat(config).items() if not k.startswith(IGNORED) and not k.startswith("interventions")}
+    chosen = config.get("interventions") or {}
+    flat["interventions"] = "+".join(chosen) or "none"
+    for name, params in chosen.items():
+        flat.update(_flat(params or {}, f"interventions.{name}"))
+    return flat
+
+
+def _owner(key: str, flat: dict[str, Any]) -> Any:
+    """What a parameter belongs to: the activation's or strategy's name, or the intervention."""
+    for parent in ("activation", "agent.strategy"):
+        if key.startswith(parent + ".") and not key.endswith(".name"):
+            return flat.get(parent + ".name")
+    return key.split(".")[1] if key.startswith("interventions.") else None
+
+
 def group_runs(runs: list[Run]) -> list[Group]:
-    """Group by the config keys that differ between runs, the seed excepted."""
-    flats = [{k: v for k, v in _flat(r.config).items() if not k.startswith(IGNORED)} for r in runs]
+    """Group by the config keys that differ between runs, the seed excepted.
+
+    A plug-in's parameter shows in a label only where it differs between runs
+    of the same plug-in (``activation.z_k`` when two Hard ASH runs differ in it,
+    not merely because ReLU has no ``z_k``)."""
+    flats = [_method_keys(r.config) for r in runs]
     keys = sorted({k for f in flats for k in f})
-    varying = [k for k in keys if len({json.dumps(f.get(k), default=str) for f in flats}) > 1]
+
+    def varies(k: str) -> bool:
+        by_owner: dict[str, set[str]] = {}
+        for f in flats:
+            if k in f:
+                by_owner.setdefault(json.dumps(_owner(k, f), default=str), set()).add(json.dumps(f[k], default=str))
+        if _owner(k, flats[0]) is None and not k.startswith(("activation.", "agent.strategy.", "interventions.")):
+            return len({json.dumps(f.get(k), default=str) for f in flats}) > 1
+        return any(len(v) > 1 for v in by_owner.values())
+
+    varying = [k for k in keys if varies(k)]
     groups: dict[str, Group] = {}
     for run, f in zip(runs, flats):
         label = ", ".join(f"{_short(k)}={f[k]}" for k in varying if f.get(k) is not None) or run.summary["experiment"]
