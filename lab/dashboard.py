@@ -23,7 +23,7 @@ SPEC: dict[str, Any] = {
     "sections": [
         {"name": "Plasticity", "panels": [
             {"title": "online accuracy per task", "x": "Step", "y": ["train/task_online_acc"]},
-            {"title": "plasticity remaining (probe loss drop / fresh net's)", "x": "Step", "y": ["plasticity/probe_remaining"]},
+            {"title": "plasticity remaining (probe accuracy / fresh net's)", "x": "Step", "y": ["plasticity/probe_remaining"]},
             {"title": "plasticity probe accuracy", "x": "Step", "y": ["plasticity/probe_acc"]},
         ]},
         {"name": "Representation", "panels": [

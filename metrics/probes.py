@@ -6,8 +6,10 @@ run's own kind and hyperparameters, so the run they watch is never touched.
 - ``trainability``: K steps on a fixed probe task (fixed inputs, fresh random
   labels), reporting the loss before and after, the drop and the final
   accuracy (Lyle et al. 2023 style). Run on a freshly initialised copy too,
-  ``remaining = drop(current) / drop(fresh)`` is "plasticity remaining":
-  1 = learns the probe as well as at initialisation, 0 = cannot learn it.
+  "plasticity remaining" = acc_K(current) / acc_K(fresh): 1 = fits the probe
+  as well as at initialisation, 0 = cannot fit it. (Accuracy, not the loss
+  drop: a trained network starts the probe with confident wrong outputs, so
+  its loss drops a lot just by unlearning that confidence.)
 - ``linear_probe``: re-initialise only the output layer, freeze the rest and
   fit the head on labelled examples: the quality of the representation.
 """

@@ -55,7 +55,7 @@ class Tracker:
     series: dict[str, list] = field(default_factory=dict, init=False)
     steps: int = field(default=0, init=False)
     _probe_task: Any = field(default=None, init=False, repr=False)
-    _fresh_drop: float | None = field(default=None, init=False, repr=False)
+    _fresh: tuple[float, float] | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         for key in ("probe_size", "probe_steps", "probe_examples"):
@@ -134,17 +134,19 @@ class Tracker:
         x = x.to(task.x_train.device)
         y = y.to(task.x_train.device)
         now = trainability(agent.model, agent.optimizer, x, y, self.probe_steps, seed=PROBE_SEED)
-        if self._fresh_drop is None:
+        if self._fresh is None:
             fresh = trainability(fresh_copy(agent.model), agent.optimizer, x, y, self.probe_steps, seed=PROBE_SEED)
-            self._fresh_drop = fresh.loss_drop
+            self._fresh = (fresh.loss_drop, fresh.accuracy)
         n = min(self.probe_examples, task.num_train)
         lin = linear_probe(agent.model, agent.optimizer, task.x_train[:n], task.y_train[:n], self.probe_steps,
                            seed=PROBE_SEED)
         return {
             "plasticity/probe_loss_drop": now.loss_drop,
             "plasticity/probe_acc": now.accuracy,
-            "plasticity/probe_remaining": now.loss_drop / self._fresh_drop if self._fresh_drop else float("nan"),
-            "plasticity/fresh_loss_drop": self._fresh_drop,
+            "plasticity/probe_loss": now.loss_after,
+            "plasticity/probe_remaining": now.accuracy / self._fresh[1] if self._fresh[1] else float("nan"),
+            "plasticity/fresh_probe_acc": self._fresh[1],
+            "plasticity/fresh_loss_drop": self._fresh[0],
             "plasticity/linear_probe_acc": lin.accuracy,
         }
 
@@ -166,8 +168,8 @@ class Tracker:
 
     def state_dict(self) -> dict:
         return {"series": self.series, "steps": self.steps, "probe_task": self._probe_task,
-                "fresh_drop": self._fresh_drop}
+                "fresh": self._fresh}
 
     def load_state_dict(self, state: dict) -> None:
         self.series, self.steps = state["series"], state["steps"]
-        self._probe_task, self._fresh_drop = state["probe_task"], state["fresh_drop"]
+        self._probe_task, self._fresh = state["probe_task"], state["fresh"]
