@@ -102,7 +102,9 @@ def _multirun(overrides: list[str]) -> int:
     overrides = [strategy_choice(o) for o in overrides]
     for combo in _first_values(overrides):
         compose_config(combo)  # every name and value valid before any job starts
-    sweep_dir = Path("runs") / "multirun" / datetime.now().strftime("%Y%m%d-%H%M%S")
+    from lab.runner import claim_dir
+
+    sweep_dir = claim_dir(Path("runs") / "multirun" / datetime.now().strftime("%Y%m%d-%H%M%S"))
     codes: list[int] = []
 
     @hydra.main(config_path=config_dir(), config_name="config", version_base=None)

@@ -60,12 +60,21 @@ class Hooks:
         return hooks
 
 
-def default_out_dir(cfg: DictConfig) -> Path:
-    base = Path("runs") / str(cfg.experiment) / datetime.now().strftime("%Y%m%d-%H%M%S")
+def claim_dir(base: Path) -> Path:
+    """Create and return ``base`` (or ``base-1``, ``base-2``, ...): ``mkdir`` is
+    atomic, so two runs started in the same second never share a directory."""
+    base.parent.mkdir(parents=True, exist_ok=True)
     out, i = base, 1
-    while out.exists():
-        out, i = base.with_name(f"{base.name}-{i}"), i + 1
-    return out
+    while True:
+        try:
+            out.mkdir()
+            return out
+        except FileExistsError:
+            out, i = base.with_name(f"{base.name}-{i}"), i + 1
+
+
+def default_out_dir(cfg: DictConfig) -> Path:
+    return claim_dir(Path("runs") / str(cfg.experiment) / datetime.now().strftime("%Y%m%d-%H%M%S"))
 
 
 @dataclass

@@ -93,3 +93,13 @@ def test_nan_loss_stops_with_message_and_keeps_checkpoint(tiny_run, tmp_path, mo
     assert len(ckpt["results"]["online_accuracy"]) == 2
     lines = (out / "metrics.jsonl").read_text().splitlines()
     assert all(json.loads(line) for line in lines)  # nothing half-written
+
+
+def test_runs_started_together_get_their_own_directories(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from lab.runner import claim_dir
+
+    with ThreadPoolExecutor(8) as pool:
+        dirs = list(pool.map(lambda _: claim_dir(tmp_path / "runs" / "20261125-120000"), range(8)))
+    assert len(set(dirs)) == 8 and all(d.is_dir() for d in dirs)
