@@ -63,6 +63,7 @@ class ContinualBackprop:
     accumulate: bool = True
     next_bias_correction: bool = False
     layers: list = field(default_factory=list, init=False, repr=False)
+    _mags: WeightMagnitudes = field(default_factory=lambda: WeightMagnitudes(), init=False, repr=False)
 
     def __post_init__(self) -> None:
         if not 0 <= self.replacement_rate <= 1:
@@ -84,6 +85,9 @@ class ContinualBackprop:
 
     @torch.no_grad()
     def after_step(self, agent: Agent, info: StepInfo) -> dict | None:
+        """Utilities of every layer are computed from this step's weights (before
+        any replacement in this step, as the reference GnT does), then units replaced."""
+        self._mags.new_step()
         replaced = {}
         for layer, state, h in zip(agent.model.unit_layers(), self.layers, info.features):
             chosen = self._update_and_choose(layer, state, h)
@@ -123,8 +127,8 @@ class ContinualBackprop:
 
     def _instant_utility(self, layer, h: torch.Tensor, f_hat: torch.Tensor) -> torch.Tensor:
         kind = self.util_type
-        out_mag = _outgoing_magnitude(layer) if kind not in ("feature_by_input", "adaptation") else None
-        in_mag = _incoming_magnitude(layer) if kind in (
+        out_mag = self._mags.outgoing(layer) if kind not in ("feature_by_input", "adaptation") else None
+        in_mag = self._mags.incoming(layer) if kind in (
             "adaptable_contribution", "feature_by_input", "adaptation") else None
         if kind == "contribution":
             return out_mag * h.abs().mean(0)
@@ -165,21 +169,45 @@ def _per_unit(h: torch.Tensor, units: int) -> torch.Tensor:
     return h
 
 
-def _incoming_magnitude(layer) -> torch.Tensor:
-    """mean_i |W_cur[j, i]| per unit j: an L1 norm reduction, one read of the
-    weights and no |W| temporary (this runs every step)."""
-    w = layer.incoming.weight.flatten(1)
-    return torch.linalg.vector_norm(w, ord=1, dim=1) / w.shape[1]
+class WeightMagnitudes:
+    """|W| of each weight matrix, computed at most once per step into a buffer
+    kept across steps (no per-step allocation that scales with the model); row
+    and column means then come from BLAS matrix-vector products. A hidden
+    layer's incoming matrix is the previous layer's outgoing one, so each
+    matrix is read once per step however many units' utilities use it."""
 
+    def __init__(self) -> None:
+        self._buffers: dict[int, torch.Tensor] = {}
+        self._fresh: set[int] = set()
 
-def _outgoing_magnitude(layer) -> torch.Tensor:
-    """mean_k |W_next[k, j]| per unit j (over all columns the unit feeds)."""
-    w = layer.outgoing.weight
-    units = layer.incoming.weight.shape[0]
-    if w.dim() > 2:  # conv: over out-channels and kernel positions
-        per_column = torch.linalg.vector_norm(w.transpose(0, 1).flatten(1), ord=1, dim=1) / (w.numel() // w.shape[1])
-    else:
-        per_column = torch.linalg.vector_norm(w, ord=1, dim=0) / w.shape[0]
-    if per_column.shape[0] != units:
-        per_column = per_column.view(-1, units).mean(0)
-    return per_column
+    def new_step(self) -> None:
+        self._fresh.clear()
+
+    def absolute(self, w: torch.Tensor) -> torch.Tensor:
+        w2 = w.flatten(1) if w.dim() > 2 else w
+        key = id(w)
+        buf = self._buffers.get(key)
+        if buf is None or buf.shape != w2.shape:
+            buf = self._buffers[key] = torch.empty_like(w2)
+        if key not in self._fresh:
+            torch.abs(w2, out=buf)
+            self._fresh.add(key)
+        return buf
+
+    def incoming(self, layer) -> torch.Tensor:
+        """mean_i |W_cur[j, i]| per unit j."""
+        a = self.absolute(layer.incoming.weight)
+        return a @ a.new_full((a.shape[1],), 1.0 / a.shape[1])
+
+    def outgoing(self, layer) -> torch.Tensor:
+        """mean_k |W_next[k, j]| per unit j (over all columns the unit feeds)."""
+        w = layer.outgoing.weight
+        units = layer.incoming.weight.shape[0]
+        if w.dim() > 2:  # conv: over out-channels and kernel positions
+            per_column = w.abs().transpose(0, 1).flatten(1).mean(1)
+        else:
+            a = self.absolute(w)
+            per_column = a.new_full((a.shape[0],), 1.0 / a.shape[0]) @ a
+        if per_column.shape[0] != units:
+            per_column = per_column.view(-1, units).mean(0)
+        return per_column
