@@ -3,7 +3,8 @@
 Cost is bounded by the schedule, not by the run's length:
 
 - at each task start (Dohare et al.: at every task switch, before training on
-  it), on a fixed probe batch (the first ``probe_size`` training examples of
+  it; every ``task_every``-th task where tasks are so short that this would
+  cost more than a few per cent of training), on a fixed probe batch (the first ``probe_size`` training examples of
   the new task), per hidden layer: ``units/dead_frac``, ``units/dormant_frac``
   (tau = ``dormant_tau``), ``sparsity/act``, ``sparsity/grad`` (activation-
   derivative sparsity), ``rank/effective``, ``rank/srank``, ``rank/stable``,
@@ -44,6 +45,7 @@ PROBE_SEED = 12345
 class Tracker:
     probe_size: int = 1000
     at_task_start: bool = True
+    task_every: int = 1
     every_steps: int = 250
     probe_every: int = 10
     probe_steps: int = 100
@@ -58,7 +60,7 @@ class Tracker:
     _fresh: tuple[float, float] | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
-        for key in ("probe_size", "probe_steps", "probe_examples"):
+        for key in ("probe_size", "probe_steps", "probe_examples", "task_every"):
             if getattr(self, key) < 1:
                 raise ValueError(f"{key} must be a positive integer")
         for key in ("every_steps", "probe_every", "hessian_every"):
@@ -69,7 +71,7 @@ class Tracker:
     def on_task_start(self, agent: Agent, task: Any) -> dict | None:
         if self._probe_task is None:
             self._make_probe_task(task)
-        if not self.at_task_start:
+        if not self.at_task_start or task.id % self.task_every:
             return None
         return self._remember(task.id, self.representation(agent, task.x_train[: self.probe_size]))
 
