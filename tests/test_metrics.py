@@ -103,7 +103,8 @@ def test_probes_train_copies_and_never_touch_the_run():
 
 
 def test_default_run_logs_every_documented_name(tiny_run, tmp_path):
-    s = tiny_run("metrics.probe_every=1", "metrics.hessian_every=1", "metrics.every_steps=4", "stream.num_tasks=2",
+    s = tiny_run("metrics.probe_every=1", "metrics.hessian_every=1", "metrics.every_steps=4", "metrics.task_every=1",
+                 "stream.num_tasks=2",
                  "agent.hidden=[16,8]")
     records = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     keys = set().union(*records)
