@@ -32,7 +32,7 @@ import torch
 
 from agents.agent import Agent, StepInfo
 from agents.interventions import interventions
-from agents.interventions.units import reset_units
+from agents.interventions.units import per_unit, reset_units
 
 UTIL_TYPES = ("contribution", "zero_contribution", "adaptable_contribution", "feature_by_input", "weight",
               "adaptation", "random")
@@ -98,7 +98,7 @@ class ContinualBackprop:
 
     def _update_and_choose(self, layer, state: LayerUtility, h: torch.Tensor) -> torch.Tensor | None:
         eta = self.decay_rate
-        h = _per_unit(h, state.util.shape[0])
+        h = per_unit(h, state.util.shape[0])
         state.age += 1
         state.mean_feature.mul_(eta).add_(h.mean(0), alpha=1 - eta)
         correction = 1 - eta ** state.age.double()
@@ -157,16 +157,6 @@ class ContinualBackprop:
 
     def load_state_dict(self, state: dict) -> None:
         self.layers = [LayerUtility(**s) for s in state["layers"]]
-
-
-def _per_unit(h: torch.Tensor, units: int) -> torch.Tensor:
-    """(batch, units) view of a layer's output: conv maps averaged over space;
-    concatenating activations (CReLU) summed over their copies of a unit."""
-    if h.dim() > 2:
-        h = h.flatten(2).mean(2)
-    if h.shape[1] != units:
-        h = h.view(h.shape[0], -1, units).abs().sum(1)
-    return h
 
 
 class WeightMagnitudes:

@@ -21,7 +21,7 @@ import torch
 
 from agents.agent import Agent, StepInfo
 from agents.interventions import interventions
-from agents.interventions.units import reset_units
+from agents.interventions.units import per_unit, reset_units
 
 if TYPE_CHECKING:
     from streams import Task
@@ -29,8 +29,8 @@ if TYPE_CHECKING:
 
 def dormant_scores(h: torch.Tensor) -> torch.Tensor:
     """s_j = mean|h_j| / (mean over units of mean|h_k|) (+1e-9 as the reference code)."""
-    per_unit = h.abs().flatten(2).mean(2) if h.dim() > 2 else h.abs()
-    m = per_unit.mean(0)
+    magnitude = h.abs().flatten(2).mean(2) if h.dim() > 2 else h.abs()
+    m = magnitude.mean(0)
     return m / (m.mean() + 1e-9)
 
 
@@ -62,8 +62,7 @@ class ReDo:
         feats = agent.features(self.probe)
         record = {}
         for layer in agent.model.unit_layers():
-            h = feats[layer.name]
-            h = h.view(h.shape[0], -1, layer.incoming.weight.shape[0]).abs().sum(1) if h.shape[1] != layer.incoming.weight.shape[0] else h
+            h = per_unit(feats[layer.name], layer.incoming.weight.shape[0])
             dormant = torch.nonzero(dormant_scores(h) <= self.tau).flatten()
             reset_units(layer, dormant, agent.optimizer)
             record[f"redo/reset/{layer.name}"] = int(dormant.numel())

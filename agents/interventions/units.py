@@ -19,12 +19,12 @@ from torch import nn
 from agents.networks import UnitLayer
 
 
-def outgoing_columns(units: torch.Tensor, per_unit: int) -> torch.Tensor:
-    """Columns of the next layer fed by ``units`` (``per_unit`` consecutive each,
+def outgoing_columns(units: torch.Tensor, count: int) -> torch.Tensor:
+    """Columns of the next layer fed by ``units`` (``count`` consecutive each,
     as after CReLU's concatenation or a conv->flatten boundary)."""
-    if per_unit == 1:
+    if count == 1:
         return units
-    return (units[:, None] * per_unit + torch.arange(per_unit, device=units.device)).flatten()
+    return (units[:, None] * count + torch.arange(count, device=units.device)).flatten()
 
 
 def concat_columns(units: torch.Tensor, width: int, copies: int) -> torch.Tensor:
@@ -91,3 +91,13 @@ def clear_state(optimizer: torch.optim.Optimizer, param: torch.Tensor, dim: int,
     for key, value in state.items():
         if isinstance(value, torch.Tensor) and value.shape == param.shape:
             value.index_fill_(dim, idx, initial if key == "sum" else 0.0)
+
+
+def per_unit(h: torch.Tensor, units: int) -> torch.Tensor:
+    """(batch, units) view of a layer's output: conv maps averaged over space;
+    concatenating activations (CReLU) summed over their copies of a unit."""
+    if h.dim() > 2:
+        h = h.flatten(2).mean(2)
+    if h.shape[1] != units:
+        h = h.view(h.shape[0], -1, units).abs().sum(1)
+    return h
