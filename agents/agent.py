@@ -74,8 +74,8 @@ class Agent:
     def _head_mask(self, classes: tuple[int, ...] | None) -> torch.Tensor | None:
         if classes is None:
             return None
-        out = self.model.linears[-1].out_features
-        ref = self.model.linears[-1].weight
+        out = self.model.layers[-1].out_features
+        ref = self.model.layers[-1].weight
         mask = torch.full((out,), float("-inf"), device=ref.device, dtype=ref.dtype)
         mask[list(classes)] = 0.0
         return mask
@@ -96,7 +96,7 @@ class Agent:
         total.backward()
         self.optimizer.step()
         logits = logits.detach()
-        correct = (logits.argmax(1) == y).sum() if self.loss_name == "cross_entropy" else torch.zeros((), dtype=torch.long)
+        correct = (logits.argmax(1) == y).sum() if self.loss_name == "cross_entropy" else torch.zeros((), dtype=torch.long, device=y.device)
         return StepInfo(x, y, logits, loss.detach(), correct, [f.detach() for f in feats])
 
     @torch.no_grad()

@@ -2,7 +2,8 @@
 place, without autograd.
 
 For a batch (often of one), with h_0 = x, z_l = h_{l-1} W_l^T + b_l and
-h_l = phi(z_l), cross-entropy gives dL/dlogits = (softmax - onehot) / B; the
+h_l = phi(z_l), cross-entropy gives dL/dlogits = (softmax - onehot) / B (mean
+squared error on one output: 2 (out - y) / B); the
 deltas d_l = (d_{l+1} W_{l+1}) * phi'(z_l) are all computed before any weight
 changes, then each layer is updated with one fused rank-B update
 W_l <- (1 - lr wd) W_l - lr d_l^T h_{l-1} (``addmm_``): no gradient tensors
@@ -13,7 +14,7 @@ this one agree to float rounding (tested).
 Used when the run allows it (``fused_reason`` says why not otherwise): an MLP
 without LayerNorm, an activation with a known derivative (relu, leaky_relu,
 tanh, sigmoid, linear), ``torch.optim.SGD`` without momentum/nesterov/maximize,
-cross-entropy, and interventions whose only loss term is ``l2`` (folded into
+cross-entropy or mean squared error, and interventions whose only loss term is ``l2`` (folded into
 the decay). ``train.fast=false`` forces the autograd path.
 """
 from __future__ import annotations
@@ -37,8 +38,8 @@ DERIVATIVES = {
 def fused_reason(agent: Agent, penalty_owners: list[Any]) -> str | None:
     """Why the fused path cannot run this agent (None when it can)."""
     model, opt = agent.model, agent.optimizer
-    if not hasattr(model, "linears") or not hasattr(model, "acts"):
-        return "the network is not the lab's MLP"
+    if not hasattr(model, "layers") or not all(type(layer) is torch.nn.Linear for layer in model.layers):
+        return "the network is not an MLP"
     if model.activation not in DERIVATIVES:
         return f"activation {model.activation!r} has no hand-written derivative (fused: {', '.join(DERIVATIVES)})"
     if any(isinstance(n, torch.nn.LayerNorm) for n in model.norms):
@@ -48,7 +49,7 @@ def fused_reason(agent: Agent, penalty_owners: list[Any]) -> str | None:
     g = opt.param_groups[0]
     if len(opt.param_groups) > 1 or g["momentum"] or g["nesterov"] or g["maximize"]:
         return "SGD with momentum, nesterov or maximize"
-    if agent.loss_name != "cross_entropy":
+    if agent.loss_name not in ("cross_entropy", "mse"):
         return f"loss {agent.loss_name}"
     others = [type(o).__name__ for o in penalty_owners if not hasattr(o, "decay")]
     if others:
@@ -71,27 +72,31 @@ class FusedAgent(Agent):
         model = self.model
         group = self.optimizer.param_groups[0]
         lr, decay = group["lr"], group["weight_decay"] + self.extra_decay
-        ins, pre, feats = [x], [], []
-        h = x
-        for lin, act in zip(model.linears[:-1], model.acts):
+        h = x.flatten(1)
+        ins, pre, feats = [h], [], []
+        for lin, act in zip(model.layers[:-1], model.acts):
             z = F.linear(h, lin.weight, lin.bias)
             h = act(z)
             pre.append(z)
             feats.append(h)
             ins.append(h)
-        logits = F.linear(h, model.linears[-1].weight, model.linears[-1].bias)
+        logits = F.linear(h, model.layers[-1].weight, model.layers[-1].bias)
         if self._mask is not None:
             logits = logits + self._mask
-        loss = F.cross_entropy(logits, y)
-        delta = torch.softmax(logits, dim=1)
-        delta[torch.arange(len(y), device=y.device), y] -= 1.0
-        delta /= len(y)
+        if self.loss_name == "mse":
+            loss = F.mse_loss(logits.squeeze(-1), y)
+            delta = (logits - y.view_as(logits)).mul_(2.0 / len(y))
+        else:
+            loss = F.cross_entropy(logits, y)
+            delta = torch.softmax(logits, dim=1)
+            delta[torch.arange(len(y), device=y.device), y] -= 1.0
+            delta /= len(y)
         deltas = [delta]
         for i in range(len(pre) - 1, -1, -1):
-            d = deltas[-1] @ model.linears[i + 1].weight
+            d = deltas[-1] @ model.layers[i + 1].weight
             deltas.append(d * self.derivative(pre[i], feats[i], self.act_params[i]))
         deltas.reverse()
-        for lin, d, h_in in zip(model.linears, deltas, ins):
+        for lin, d, h_in in zip(model.layers, deltas, ins):
             if decay:
                 lin.weight.mul_(1 - lr * decay)
             lin.weight.addmm_(d.t(), h_in, alpha=-lr)
@@ -99,12 +104,12 @@ class FusedAgent(Agent):
                 if decay:
                     lin.bias.mul_(1 - lr * decay)
                 lin.bias.add_(d.sum(0), alpha=-lr)
-        correct = (logits.argmax(1) == y).sum()
+        correct = (logits.argmax(1) == y).sum() if self.loss_name == "cross_entropy" else torch.zeros((), dtype=torch.long, device=y.device)
 
         def grads() -> list[torch.Tensor]:
             """dL/dW = d^T h_in and dL/db = sum d per layer (the data loss; decay excluded)."""
             out = []
-            for lin, d, h_in in zip(model.linears, deltas, ins):
+            for lin, d, h_in in zip(model.layers, deltas, ins):
                 out.append(d.t() @ h_in)
                 if lin.bias is not None:
                     out.append(d.sum(0))

@@ -6,6 +6,7 @@ and zero biases.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,7 +14,21 @@ import torch
 from torch import nn
 
 from agents.activations import bias_init, init_gain, make_activation, width_factor
-from registry import ConfigError
+from registry import ConfigError, Registry
+
+networks = Registry("network")
+"""Network builders by name (``agent.network``). A builder is called as
+``builder(input_shape, output_size, hidden=..., activation=..., activation_params=...,
+bias=..., layer_norm=..., channels=...)`` and returns a module with the lab's
+network contract:
+
+- ``layers``: its weight layers (Linear / Conv2d) in order, the head last;
+  ``layer_names`` names them; ``init_bound(i)`` is layer i's init half-width;
+- ``hidden_names``, ``acts``, ``norms``, ``activation``: the hidden layers
+  whose outputs metrics and interventions read;
+- ``forward_features(x) -> (logits, [hidden outputs])``,
+  ``forward_preactivations(x)``, ``unit_layers()``, ``reset_parameters()``.
+"""
 
 
 @dataclass
@@ -21,8 +36,10 @@ class UnitLayer:
     """One hidden layer seen as units: ``incoming`` makes its pre-activations,
     ``outgoing`` reads its output, ``norm`` sits between (or is None), and
     ``bound`` is the half-width of the uniform init of ``incoming``'s weights.
-    ``fan_out_per_unit`` is how many columns of ``outgoing`` each unit feeds
-    (2 for CReLU/Fourier, H*W after a conv->flatten boundary)."""
+    ``fan_out_per_unit`` is how many input columns (or channels) of
+    ``outgoing`` each unit feeds: 2 for CReLU/Fourier, in blocks (unit j feeds
+    j and j + H), or H*W after a conv->flatten boundary, ``consecutive``
+    (channel c feeds c*P .. c*P + P - 1)."""
 
     name: str
     incoming: nn.Module
@@ -30,27 +47,32 @@ class UnitLayer:
     norm: nn.Module | None
     bound: float
     fan_out_per_unit: int = 1
+    consecutive: bool = False
 
 
+@networks.register("mlp")
 class MLP(nn.Module):
     """``in -> [Linear -> (LayerNorm) -> act] x len(hidden) -> Linear -> out``.
 
-    Hidden layer ``i`` (1-based) is named ``h{i}``: ``linears[i-1]`` feeds it
-    and ``linears[i]`` reads it. ``forward_features`` returns the logits and
+    Hidden layer ``i`` (1-based) is named ``h{i}``: ``layers[i-1]`` feeds it
+    and ``layers[i]`` reads it. ``forward_features`` returns the logits and
     each hidden layer's post-activation output, from one forward pass.
     """
 
     def __init__(
         self,
-        input_size: int,
+        input_size: int | tuple[int, ...],
         hidden: list[int],
         output_size: int,
         activation: str = "relu",
         activation_params: dict[str, Any] | None = None,
         bias: bool = True,
         layer_norm: bool = False,
+        channels: list[int] | None = None,
     ):
+        """``input_size``: features, or an input shape (flattened); ``channels`` is unused (conv nets only)."""
         super().__init__()
+        input_size = int(math.prod(input_size)) if isinstance(input_size, (tuple, list)) else int(input_size)
         if not hidden or any((not isinstance(w, int)) or w < 1 for w in hidden):
             raise ConfigError("agent.hidden", list(hidden), "a non-empty list of positive layer widths")
         params = dict(activation_params or {})
@@ -59,7 +81,7 @@ class MLP(nn.Module):
         self.activation = activation
         sizes_in = [input_size] + [w * factor for w in hidden]
         sizes_out = list(hidden) + [output_size]
-        self.linears = nn.ModuleList(nn.Linear(i, o, bias=bias) for i, o in zip(sizes_in, sizes_out))
+        self.layers = nn.ModuleList(nn.Linear(i, o, bias=bias) for i, o in zip(sizes_in, sizes_out))
         self.norms = nn.ModuleList(nn.LayerNorm(w) if layer_norm else nn.Identity() for w in hidden)
         self.acts = nn.ModuleList(make_activation(activation, w, **params) for w in hidden)
         self.gain = init_gain(activation, params)
@@ -69,8 +91,8 @@ class MLP(nn.Module):
     def reset_parameters(self) -> None:
         """Kaiming-uniform weights (bound = gain * sqrt(3 / fan_in)), zero biases
         (or the activation's own bias init, e.g. Elephant's spread biases)."""
-        last = len(self.linears) - 1
-        for i, layer in enumerate(self.linears):
+        last = len(self.layers) - 1
+        for i, layer in enumerate(self.layers):
             bound = self.init_bound(i)
             with torch.no_grad():
                 layer.weight.uniform_(-bound, bound)
@@ -81,38 +103,43 @@ class MLP(nn.Module):
             if hasattr(module, "reset_parameters"):
                 module.reset_parameters()
 
+    @property
+    def layer_names(self) -> list[str]:
+        return [*self.hidden_names, "out"]
+
     def init_bound(self, i: int) -> float:
-        """Half-width of the uniform init of ``linears[i]`` (gain * sqrt(3 / fan_in))."""
-        gain = 1.0 if i == len(self.linears) - 1 else self.gain
-        return gain * (3.0 / self.linears[i].in_features) ** 0.5
+        """Half-width of the uniform init of ``layers[i]`` (gain * sqrt(3 / fan_in))."""
+        gain = 1.0 if i == len(self.layers) - 1 else self.gain
+        return gain * (3.0 / self.layers[i].in_features) ** 0.5
 
     def unit_layers(self) -> list[UnitLayer]:
         """Each hidden layer as units (what continual backprop and ReDo reset)."""
-        factor = self.linears[1].in_features // self.linears[0].out_features
+        factor = self.layers[1].in_features // self.layers[0].out_features
         return [
-            UnitLayer(name, self.linears[i], self.linears[i + 1],
+            UnitLayer(name, self.layers[i], self.layers[i + 1],
                       self.norms[i] if isinstance(self.norms[i], nn.LayerNorm) else None, self.init_bound(i), factor)
             for i, name in enumerate(self.hidden_names)
         ]
 
     def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Logits and each hidden layer's post-activation output."""
-        feats = []
-        for linear, norm, act in zip(self.linears[:-1], self.norms, self.acts):
+        feats, x = [], x.flatten(1)
+        for linear, norm, act in zip(self.layers[:-1], self.norms, self.acts):
             x = act(norm(linear(x)))
             feats.append(x)
-        return self.linears[-1](x), feats
+        return self.layers[-1](x), feats
 
     def forward_preactivations(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Each hidden layer's input to its activation (after the optional LayerNorm)."""
-        pre = []
-        for linear, norm, act in zip(self.linears[:-1], self.norms, self.acts):
+        pre, x = [], x.flatten(1)
+        for linear, norm, act in zip(self.layers[:-1], self.norms, self.acts):
             z = norm(linear(x))
             pre.append(z)
             x = act(z)
         return pre
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for linear, norm, act in zip(self.linears[:-1], self.norms, self.acts):
+        x = x.flatten(1)
+        for linear, norm, act in zip(self.layers[:-1], self.norms, self.acts):
             x = act(norm(linear(x)))
-        return self.linears[-1](x)
+        return self.layers[-1](x)

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from agents import MLP, Agent, interventions
+from agents import Agent, interventions, networks
 from agents.optimizers import make_optimizer
 from registry import ConfigError
 from streams import Stream, streams
@@ -51,9 +51,13 @@ def build_stream(cfg: DictConfig) -> Stream:
 def build_agent(cfg: DictConfig, stream: Stream, device: torch.device) -> Agent:
     act = as_dict(cfg.activation)
     name = act.pop("name")
-    hidden = list(cfg.agent.hidden)
-    net = MLP(int(np.prod(stream.input_shape)), hidden, stream.output_size, activation=name, activation_params=act,
-              bias=cfg.agent.bias, layer_norm=cfg.agent.layer_norm).to(device)
+    if stream.target == "value" and cfg.agent.loss != "mse":
+        raise ConfigError("agent.loss", cfg.agent.loss, f"mse (stream {stream.name} is a regression stream)")
+    if stream.target == "class" and cfg.agent.loss == "mse":
+        raise ConfigError("agent.loss", "mse", f"cross_entropy (stream {stream.name} has class labels)")
+    builder = networks.get(cfg.agent.network)
+    net = builder(stream.input_shape, list(cfg.agent.hidden), stream.output_size, activation=name, activation_params=act,
+                  bias=cfg.agent.bias, layer_norm=cfg.agent.layer_norm, channels=list(cfg.agent.channels)).to(device)
     opt = as_dict(cfg.agent.optimizer)
     optimizer = make_optimizer(net.parameters(), opt.pop("name"), opt.pop("lr"), **opt)
     if cfg.agent.kind == "avalanche":

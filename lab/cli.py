@@ -38,6 +38,13 @@ def main(argv: list[str] | None = None) -> int:
     p_dash.add_argument("--project", required=True)
     p_dash.add_argument("--entity", help="W&B entity (user or team); default: your login's")
     p_dash.add_argument("--dry-run", action="store_true", help="print the workspace spec as JSON, send nothing")
+    p_data = sub.add_parser("data", help="prepare a downloaded data set for a stream (nothing is downloaded)")
+    data_sub = p_data.add_subparsers(dest="dataset", required=True)
+    p_in32 = data_sub.add_parser("imagenet32", help="Imagenet32_train/val batch files -> per-class arrays (continual_imagenet)")
+    p_in32.add_argument("--src", required=True, help="folder where Imagenet32_train.zip and Imagenet32_val.zip were extracted")
+    p_in32.add_argument("--out", required=True, help="output folder; then run with data.root=OUT")
+    p_in32.add_argument("--num-classes", type=int, default=1000, help="classes expected (1000 for the published files)")
+    p_in32.add_argument("--train-batches", type=int, default=10, help="train_data_batch_1..N expected (10 published)")
     args = parser.parse_args(argv)
     try:
         if args.command == "run":
@@ -50,11 +57,24 @@ def main(argv: list[str] | None = None) -> int:
             return _plot([Path(d) for d in args.run_dirs], args.out)
         if args.command == "dashboard":
             return _dashboard(args.project, args.entity, args.dry_run)
+        if args.command == "data":
+            return _data(args)
         if args.command == "compare":
             return _compare([Path(d) for d in args.run_dirs], args.format)
     except ConfigError as err:
         print(f"lab: error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    return 0
+
+
+def _data(args: argparse.Namespace) -> int:
+    from streams.imagenet32 import convert
+
+    meta = convert(args.src, args.out, num_classes=args.num_classes, train_batches=args.train_batches,
+                   progress=lambda line: print(line, flush=True))
+    train = meta["counts"]["train"]
+    print(f"ready: {len(train)} classes, {min(train)}-{max(train)} training images per class; "
+          f"run with: lab run experiment=continual_imagenet data.root={args.out}")
     return 0
 
 

@@ -143,11 +143,12 @@ def mean_se(x: np.ndarray) -> tuple[float, float]:
 
 
 def table(groups: list[Group]) -> tuple[list[str], list[list[str]]]:
-    head = ["method", "seeds", "avg accuracy", "online acc (first 10%)", "online acc (last 10%)", "forgetting", "BWT",
-            "dead units (final)", "effective rank (final)"]
+    head = ["method", "seeds", "avg accuracy", "online acc (first 10%)", "online acc (last 10%)",
+            "online loss (first 10%)", "online loss (last 10%)", "forgetting", "BWT", "dead units (final)",
+            "effective rank (final)"]
     rows = []
     for g in groups:
-        acc = g.series("online_accuracy")
+        acc, loss = g.series("online_accuracy"), g.series("online_loss")
         k = max(1, acc.shape[1] // 10)
 
         def fmt(values: np.ndarray) -> str:
@@ -157,7 +158,8 @@ def table(groups: list[Group]) -> tuple[list[str], list[list[str]]]:
         dead = [np.mean([v for key, v in r.summary.get("final_metrics", {}).items() if key.startswith("units/dead_frac/")] or [np.nan]) for r in g.runs]
         erank = [np.mean([v for key, v in r.summary.get("final_metrics", {}).items() if key.startswith("rank/effective/")] or [np.nan]) for r in g.runs]
         rows.append([g.label, str(len(g.runs)), fmt(g.values("avg_accuracy")), fmt(acc[:, :k].mean(1)),
-                     fmt(acc[:, -k:].mean(1)), fmt(g.values("forgetting")), fmt(g.values("bwt")), fmt(np.array(dead)),
+                     fmt(acc[:, -k:].mean(1)), fmt(loss[:, :k].mean(1)), fmt(loss[:, -k:].mean(1)),
+                     fmt(g.values("forgetting")), fmt(g.values("bwt")), fmt(np.array(dead)),
                      fmt(np.array(erank))])
     return head, rows
 

@@ -40,11 +40,15 @@ class OptimizerConfig:
 @dataclass
 class AgentConfig:
     """kind: native (the lab's learner) or avalanche (an Avalanche strategy,
-    ``agent=avalanche agent.strategy=ewc``, its parameters under agent.strategy.*)."""
+    ``agent=avalanche agent.strategy=ewc``, its parameters under agent.strategy.*).
+    network: mlp | conv_net | resnet18 (agents/networks.py registry); hidden:
+    widths of the fully connected hidden layers; channels: conv_net's conv layers."""
 
     kind: str = "native"
     strategy: Any = None
+    network: str = "mlp"
     hidden: List[int] = field(default_factory=lambda: [100, 100])
+    channels: List[int] = field(default_factory=lambda: [32, 64, 128])
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     loss: str = "cross_entropy"
     bias: bool = True
@@ -58,7 +62,9 @@ class TrainConfig:
     (null = all seen tasks). log_every: steps between records (the only
     moment the loop reads numbers back from the device). fast: auto (the
     fused SGD path of agents/fused.py where the run allows it), true
-    (require it), false (always autograd)."""
+    (require it), false (always autograd). new_head: zero the output layer
+    (and its optimizer state) at each task start, Dohare et al.'s "new heads"
+    of continual ImageNet (part of that protocol, not an intervention)."""
 
     batch_size: int = 16
     epochs: int = 1
@@ -68,6 +74,7 @@ class TrainConfig:
     threads: Optional[int] = None
     checkpoint: bool = True
     fast: str = "auto"
+    new_head: bool = False
 
 
 @dataclass

@@ -26,15 +26,23 @@ def _save(fig: Any, path: Path) -> Path:
     return path
 
 
+def _regression(summaries: list[dict[str, Any]]) -> bool:
+    return all(s.get("target") == "value" for s in summaries)
+
+
 def plot_run(out: Path, summary: dict[str, Any]) -> list[Path]:
-    """A run's own figures under ``out/plots``: online accuracy, accuracy matrix, diagnostics."""
+    """A run's own figures under ``out/plots``: online accuracy (online squared
+    error for a regression stream), accuracy matrix, diagnostics."""
     from lab.compare import Run
 
     run = Run(out, summary, {})
     group = Group(f"{summary['experiment']} · {summary['activation']} · seed {summary['seed']}", [run])
     plots = out / "plots"
     plots.mkdir(exist_ok=True)
-    paths = [online_accuracy([group], plots / "online_accuracy.png"), accuracy_matrix(group, plots / "acc_matrix.png")]
+    if _regression([summary]):
+        paths = [online_error([group], plots / "online_error.png")]
+    else:
+        paths = [online_accuracy([group], plots / "online_accuracy.png"), accuracy_matrix(group, plots / "acc_matrix.png")]
     if summary.get("diagnostics"):
         paths.append(diagnostics([group], plots / "diagnostics.png"))
     return paths
@@ -43,6 +51,8 @@ def plot_run(out: Path, summary: dict[str, Any]) -> list[Path]:
 def plot_groups(groups: list[Group], out: Path) -> list[Path]:
     """Comparison figures of ``groups`` under ``out``."""
     out.mkdir(parents=True, exist_ok=True)
+    if _regression([r.summary for g in groups for r in g.runs]):
+        return [online_error(groups, out / "online_error.png"), diagnostics(groups, out / "diagnostics.png")]
     paths = [online_accuracy(groups, out / "online_accuracy.png"), diagnostics(groups, out / "diagnostics.png"),
              final_accuracy(groups, out / "final_accuracy.png")]
     for i, g in enumerate(groups):
@@ -59,13 +69,22 @@ def _band(ax: Any, x: np.ndarray, values: np.ndarray, label: str) -> None:
 
 
 def online_accuracy(groups: list[Group], path: Path) -> Path:
+    return _online_curve(groups, path, "online_accuracy", "online accuracy (pre-update)")
+
+
+def online_error(groups: list[Group], path: Path) -> Path:
+    """Online squared error per task (Dohare et al.'s slowly-changing regression figure, binned by task)."""
+    return _online_curve(groups, path, "online_loss", "online squared error (pre-update)")
+
+
+def _online_curve(groups: list[Group], path: Path, key: str, ylabel: str) -> Path:
     fig, ax = plt.subplots(figsize=(7, 4))
     for g in groups:
-        acc = g.series("online_accuracy")
-        _band(ax, np.arange(1, acc.shape[1] + 1), acc, g.label)
+        values = g.series(key)
+        _band(ax, np.arange(1, values.shape[1] + 1), values, g.label)
     seeds = sorted({len(g.runs) for g in groups})
-    ax.set(xlabel="task", ylabel="online accuracy (pre-update)",
-           title=f"online accuracy per task, mean ± s.e. over {'/'.join(map(str, seeds))} seed(s)")
+    ax.set(xlabel="task", ylabel=ylabel,
+           title=f"{ylabel.split(' (')[0]} per task, mean ± s.e. over {'/'.join(map(str, seeds))} seed(s)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     return _save(fig, path)

@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from agents import Agent, StepInfo
 from agents.interventions import HOOKS
+from agents.interventions.resets import Reset
 from lab import checkpoint
 from lab.build import (as_dict, build_agent, build_interventions, build_stream, build_tracker, check_train, resolve_device,
                        seed_everything, use_fast_path)
@@ -145,7 +146,7 @@ def run(cfg: DictConfig, out_dir: str | Path | None = None, resume: bool = False
                     "jsonl_offset": jsonl.offset(), "wandb_id": wandb_sink.run_id if wandb_sink else None,
                 })
         progress.close()
-        summary = _summary(cfg, results, time.perf_counter() - t_start, wandb_sink, agent)
+        summary = _summary(cfg, stream, results, time.perf_counter() - t_start, wandb_sink, agent)
         if tracker is not None:
             summary["final_metrics"] = tracker.final()
             summary["diagnostics"] = tracker.series
@@ -177,6 +178,8 @@ def _run_task(ctx: RunContext, task: Task, progress: Progress, device: torch.dev
     """Train one task, evaluate, emit its records."""
     cfg, agent = ctx.cfg, ctx.agent
     agent.use_head(task.classes if ctx.stream.scenario == "task" else None)
+    if cfg.train.new_head:
+        Reset(layers="head", mode="zero").reset(agent)
     for h in ctx.hooks.on_task_start:
         _emit(ctx, task.id, h(agent, task))
     t0 = time.perf_counter()
@@ -190,7 +193,8 @@ def _run_task(ctx: RunContext, task: Task, progress: Progress, device: torch.dev
         _emit(ctx, task.id, h(agent, task))
     k = task.id
     last = k == ctx.stream.num_tasks - 1
-    evals = evaluate(agent, ctx.stream, task, cfg.train.eval_window) if (last or (k + 1) % cfg.train.eval_every == 0) else {}
+    due = ctx.stream.target == "class" and (last or (k + 1) % cfg.train.eval_every == 0)
+    evals = evaluate(agent, ctx.stream, task, cfg.train.eval_window) if due else {}
     online = correct / max(seen, 1)
     ctx.results.add_task(online, loss / max(seen, 1), evals)
     record = {"train/task_online_acc": online, "train/task_loss": loss / max(seen, 1),
@@ -207,6 +211,7 @@ def _train_epochs(ctx: RunContext, task: Task, progress: Progress, device: torch
     cfg, agent, hooks = ctx.cfg, ctx.agent, ctx.hooks
     bs, log_every = cfg.train.batch_size, cfg.train.log_every
     before, after = hooks.before_step, hooks.after_step
+    augment = ctx.stream.augment
     correct = torch.zeros((), dtype=torch.long, device=device)
     loss_sum = torch.zeros((), device=device)
     n, seen, read = task.num_train, 0, (0, 0.0, 0)
@@ -216,6 +221,8 @@ def _train_epochs(ctx: RunContext, task: Task, progress: Progress, device: torch
         xs, ys = task.x_train[order], task.y_train[order]
         for i in range(0, n, bs):
             xb, yb = xs[i:i + bs], ys[i:i + bs]
+            if augment is not None:
+                xb = augment(xb)
             for h in before:
                 h(agent, xb, yb)
             info = agent.observe(xb, yb)
@@ -295,11 +302,12 @@ def _log_final(sink: Any, results: Results, out: Path) -> None:
         warnings.warn(f"W&B: could not log the accuracy matrix ({err})")
 
 
-def _summary(cfg: DictConfig, results: Results, wall: float, wandb_sink: Any, agent: Agent) -> dict[str, Any]:
+def _summary(cfg: DictConfig, stream: Stream, results: Results, wall: float, wandb_sink: Any, agent: Agent) -> dict[str, Any]:
     return {
         "experiment": cfg.experiment,
         "seed": cfg.seed,
         "stream": cfg.stream.name,
+        "target": stream.target,
         "activation": cfg.activation.name,
         "interventions": list(as_dict(cfg.interventions)),
         "tasks_trained": len(results.online_accuracy),

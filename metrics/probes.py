@@ -70,7 +70,7 @@ def linear_probe(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Te
                  steps: int = 100, batch_size: int = 32, seed: int = 0) -> ProbeResult:
     """Fit only a freshly initialised output layer of a copy (the rest frozen)."""
     probe = copy.deepcopy(model)
-    head = probe.linears[-1]
+    head = probe.layers[-1]
     with torch.no_grad():
         b = (3.0 / head.in_features) ** 0.5
         head.weight.uniform_(-b, b)

@@ -8,7 +8,9 @@ Cost is bounded by the schedule, not by the run's length:
   the new task), per hidden layer: ``units/dead_frac``, ``units/dormant_frac``
   (tau = ``dormant_tau``), ``sparsity/act``, ``sparsity/grad`` (activation-
   derivative sparsity), ``rank/effective``, ``rank/srank``, ``rank/stable``,
-  ``features/norm``, and ``weights/mean_abs`` per Linear layer;
+  ``features/norm``, and ``weights/mean_abs`` per weight layer. A conv
+  layer's channel is a unit: its maps are read as a (inputs x positions,
+  channels) matrix, so ranks are ranks over channels;
 - every ``every_steps`` steps, from the gradients the update just used:
   ``grad/norm`` and ``sparsity/param_grad`` (kept on the device, read with the
   run's other records);
@@ -39,6 +41,11 @@ from metrics.weights import feature_norm, mean_abs
 
 EXACT_ZERO = {"relu", "relu2", "crelu", "hard_ash", "leaky_relu"}
 PROBE_SEED = 12345
+
+
+def channel_units(A: torch.Tensor) -> torch.Tensor:
+    """(N, C, H, W) conv maps as an (N*H*W, C) matrix of channel outputs; dense outputs unchanged."""
+    return A.movedim(1, -1).reshape(-1, A.shape[1]) if A.dim() == 4 else A
 
 
 @dataclass
@@ -89,7 +96,7 @@ class Tracker:
 
     def on_task_end(self, agent: Agent, task: Any) -> dict | None:
         record: dict[str, float] = {}
-        if self.probe_every and (task.id + 1) % self.probe_every == 0:
+        if self.probe_every and (task.id + 1) % self.probe_every == 0 and task.classes:  # a classification probe
             record.update(self.plasticity(agent, task))
         if self.hessian_every and (task.id + 1) % self.hessian_every == 0:
             n = min(256, task.num_train)
@@ -111,6 +118,7 @@ class Tracker:
         for name, A, Z, act in zip(model.hidden_names, feats, pre, model.acts):
             if self.layers and name not in self.layers:
                 continue
+            A, Z = channel_units(A), channel_units(Z)
             out[f"units/dead_frac/{name}"] = dead_fraction(A)
             out[f"units/dormant_frac/{name}"] = dormant_fraction(A, self.dormant_tau)
             out[f"sparsity/act/{name}"] = activation_sparsity(A, eps)
@@ -121,7 +129,7 @@ class Tracker:
             out[f"rank/srank/{name}"] = srank(s=s)
             out[f"rank/stable/{name}"] = stable_rank(s=s)
             out[f"features/norm/{name}"] = feature_norm(A)
-        for name, layer in zip([*model.hidden_names, "out"], model.linears):
+        for name, layer in zip(model.layer_names, model.layers):
             out[f"weights/mean_abs/{name}"] = mean_abs(layer.weight)
         return out
 

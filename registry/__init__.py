@@ -44,6 +44,15 @@ class ConfigError(ValueError):
         super().__init__(f"{field}={value!r} is not valid; expected {expected}")
 
 
+class DataError(ConfigError):
+    """Missing, partial or corrupt input data: the message names the file,
+    what was wrong and how to make it right (also exit status 2)."""
+
+    def __init__(self, message: str):
+        ValueError.__init__(self, message)
+        self.field, self.value, self.expected = "data", None, message
+
+
 @dataclasses.dataclass
 class Entry:
     """One registered plug-in: its name, the object and its parameters."""

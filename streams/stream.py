@@ -33,7 +33,11 @@ class Stream:
     needs (10 for class-incremental MNIST, 2 for domain-incremental);
     ``scenario`` is ``task``, ``domain`` or ``class`` incremental
     (van de Ven & Tolias 2019). In the ``task`` scenario the learner masks its
-    logits to ``task.classes`` (one head per task).
+    logits to ``task.classes`` (one head per task). ``target`` is ``class``
+    (labels, cross-entropy, accuracy) or ``value`` (regression targets, mean
+    squared error; no accuracy matrix). ``augment`` maps a training batch to
+    an augmented one on its device (random crops and flips for CIFAR),
+    drawing from torch's global generator, so it is seeded and resumable.
     """
 
     name: str
@@ -44,6 +48,8 @@ class Stream:
     scenario: str
     build_task: Callable[[int], Task]
     build_test: Optional[Callable[[int], EvalSet]] = None
+    target: str = "class"
+    augment: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
 
     def task(self, k: int) -> Task:
         if not 0 <= k < self.num_tasks:

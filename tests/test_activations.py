@@ -111,10 +111,10 @@ def test_elephant_options_as_in_the_authors_code():
     fixed = make_activation("elephant", 10, learnable=False, layer_norm=False)
     assert not any(True for _ in fixed.parameters())
     net = MLP(20, [9], 3, activation="elephant", activation_params={"bias_std": 1.0})
-    b = net.linears[0].bias.detach()
+    b = net.layers[0].bias.detach()
     assert torch.allclose(b, torch.linspace(-math.sqrt(3), math.sqrt(3), 9))
-    assert float(net.linears[-1].bias.abs().sum()) == 0.0
-    assert float(net.linears[0].weight.abs().max()) <= (1 / 20) ** 0.5  # PyTorch fan-in bound
+    assert float(net.layers[-1].bias.abs().sum()) == 0.0
+    assert float(net.layers[0].weight.abs().max()) <= (1 / 20) ** 0.5  # PyTorch fan-in bound
     assert init_gain("elephant") == pytest.approx(3 ** -0.5)
 
 
@@ -122,9 +122,9 @@ def test_width_doubling_nets_build_and_train():
     torch.manual_seed(0)
     for name in ("crelu", "fourier"):
         net = MLP(10, [16, 8], 3, activation=name)
-        assert net.linears[1].in_features == 32 and net.linears[2].in_features == 16
+        assert net.layers[1].in_features == 32 and net.layers[2].in_features == 16
         # init uses the doubled fan-in
-        assert float(net.linears[1].weight.abs().max()) <= init_gain(name) * (3 / 32) ** 0.5
+        assert float(net.layers[1].weight.abs().max()) <= init_gain(name) * (3 / 32) ** 0.5
         x, y = torch.randn(64, 10), torch.randint(0, 3, (64,))
         opt = torch.optim.SGD(net.parameters(), lr=0.1)
         first = None

@@ -19,14 +19,14 @@ def make(hidden=(8, 6), act="relu", lr=0.1, **kw):
 def test_kaiming_uniform_weights_and_zero_biases():
     torch.manual_seed(0)
     net = MLP(400, [300, 200], 10, activation="relu")
-    w1, w_out = net.linears[0].weight, net.linears[-1].weight
+    w1, w_out = net.layers[0].weight, net.layers[-1].weight
     relu_bound = 2 ** 0.5 * (3 / 400) ** 0.5
     assert float(w1.abs().max()) <= relu_bound and float(w1.abs().max()) > 0.99 * relu_bound
     # uniform on [-b, b] has variance b^2 / 3
     assert float(w1.var()) == pytest.approx(relu_bound ** 2 / 3, rel=0.02)
     assert float(w_out.abs().max()) <= (3 / 200) ** 0.5  # output layer: linear gain 1
-    assert all(float(l.bias.abs().sum()) == 0 for l in net.linears)
-    tanh = MLP(400, [300], 10, activation="tanh").linears[0].weight
+    assert all(float(l.bias.abs().sum()) == 0 for l in net.layers)
+    tanh = MLP(400, [300], 10, activation="tanh").layers[0].weight
     assert float(tanh.abs().max()) == pytest.approx(5 / 3 * (3 / 400) ** 0.5, rel=0.01)
 
 
@@ -41,8 +41,8 @@ def test_observe_reports_loss_and_correct_from_the_pre_update_forward():
     # and one SGD step was taken: w <- w - lr * grad
     before.zero_grad()
     F.cross_entropy(before(x), y).backward()
-    expected = before.linears[0].weight - 0.1 * before.linears[0].weight.grad
-    assert torch.allclose(agent.model.linears[0].weight, expected, atol=1e-6)
+    expected = before.layers[0].weight - 0.1 * before.layers[0].weight.grad
+    assert torch.allclose(agent.model.layers[0].weight, expected, atol=1e-6)
     assert [f.shape for f in info.features] == [(16, 8), (16, 6)]
 
 
@@ -59,10 +59,10 @@ def test_task_heads_mask_other_classes():
     agent.use_head((2, 3))
     info = agent.observe(x, y)
     assert set(info.logits.argmax(1).tolist()) <= {2, 3}
-    w = agent.model.linears[-1].weight.detach().clone()
+    w = agent.model.layers[-1].weight.detach().clone()
     agent.observe(x, y)
     # rows of the masked-out classes 0 and 1 get no gradient
-    assert torch.equal(agent.model.linears[-1].weight[:2], w[:2])
+    assert torch.equal(agent.model.layers[-1].weight[:2], w[:2])
     assert set(agent.predict(x, (0, 1)).argmax(1).tolist()) <= {0, 1}
 
 

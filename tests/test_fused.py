@@ -54,6 +54,27 @@ def test_one_fused_step_equals_one_autograd_step(act, batch):
     assert all(torch.allclose(p.grad, g, atol=1e-12) for p, g in zip(net.parameters(), b.grads()))
 
 
+def test_one_fused_mse_step_equals_one_autograd_step():
+    """The regression loss (bit-flipping): dL/dout = 2 (out - y) / B."""
+    import copy
+
+    from agents import MLP, Agent
+    from agents.fused import FusedAgent
+    from agents.optimizers import make_optimizer
+
+    torch.manual_seed(0)
+    net = MLP(20, [5], 1).double()
+    twin = copy.deepcopy(net)
+    slow = Agent(net, make_optimizer(net.parameters(), "sgd", 0.01), loss="mse")
+    fast = FusedAgent(Agent(twin, make_optimizer(twin.parameters(), "sgd", 0.01), loss="mse"))
+    for batch in (1, 3):
+        x, y = torch.randint(0, 2, (batch, 20)).double(), torch.randn(batch, dtype=torch.float64)
+        a, b = slow.observe(x, y), fast.observe(x, y)
+        assert float(a.loss) == pytest.approx(float(b.loss), rel=1e-12)
+        for p, q in zip(net.parameters(), twin.parameters()):
+            assert torch.allclose(p, q, atol=1e-12)
+
+
 def test_fast_true_says_why_it_cannot_run(tiny_run):
     with pytest.raises(ConfigError, match="train.fast.*Adam"):
         tiny_run("train.fast=true", "agent.optimizer.name=adam", base=BASE)

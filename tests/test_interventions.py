@@ -44,13 +44,13 @@ def test_reset_units_entry_by_entry(opt, kw, keys):
     units = torch.tensor([1, 3])
     reset_units(layer, units, agent.optimizer)
     w_in, b_in, w_out = layer.incoming.weight, layer.incoming.bias, layer.outgoing.weight
-    old = before_model.linears
+    old = before_model.layers
     keep = [0, 2]
     assert torch.equal(w_in[keep], old[0].weight[keep]) and not torch.equal(w_in[units], old[0].weight[units])
     assert float(w_in[units].abs().max()) <= layer.bound == pytest.approx(math.sqrt(2) * math.sqrt(3 / 3))
     assert b_in[units].tolist() == [0.0, 0.0] and torch.equal(b_in[keep], old[0].bias[keep])
     assert float(w_out[:, units].abs().sum()) == 0.0 and torch.equal(w_out[:, keep], old[1].weight[:, keep])
-    assert torch.equal(agent.model.linears[2].weight, old[2].weight)  # other layers untouched
+    assert torch.equal(agent.model.layers[2].weight, old[2].weight)  # other layers untouched
     params = list(agent.model.parameters())
     for key in keys:
         s_w_in, s_b_in, s_w_out = (agent.optimizer.state[params[i]][key] for i in (0, 1, 2))
@@ -101,19 +101,19 @@ def test_continual_backprop_step_by_step_against_the_algorithm():
     np64 = lambda t: t.detach().numpy().astype(np.float64)
     for s in range(10):
         x, y = batch(s)
-        h = np.maximum(np64(x) @ np64(agent.model.linears[0].weight).T + np64(agent.model.linears[0].bias), 0)
+        h = np.maximum(np64(x) @ np64(agent.model.layers[0].weight).T + np64(agent.model.layers[0].bias), 0)
         info = agent.observe(x, y)
-        u_hat, age, chosen = hand.step(h, np64(agent.model.linears[0].weight), np64(agent.model.linears[1].weight))
-        w_before = agent.model.linears[0].weight.detach().clone()
+        u_hat, age, chosen = hand.step(h, np64(agent.model.layers[0].weight), np64(agent.model.layers[1].weight))
+        w_before = agent.model.layers[0].weight.detach().clone()
         cbp.after_step(agent, info)
         state = cbp.layers[0]
         assert state.age.tolist() == age.tolist()
         assert (sorted(torch.nonzero(state.age == 0).flatten().tolist()) if chosen else []) == chosen
         for j in chosen:  # reset exactly as the helper defines it
             replaced += 1
-            assert float(agent.model.linears[1].weight[:, j].abs().sum()) == 0.0
-            assert float(agent.model.linears[0].bias[j]) == 0.0
-            assert not torch.equal(agent.model.linears[0].weight[j], w_before[j])
+            assert float(agent.model.layers[1].weight[:, j].abs().sum()) == 0.0
+            assert float(agent.model.layers[0].bias[j]) == 0.0
+            assert not torch.equal(agent.model.layers[0].weight[j], w_before[j])
             assert float(state.util[j]) == 0.0 and float(state.mean_feature[j]) == 0.0
         kept = [j for j in range(6) if j not in chosen]
         corrected = (state.util / (1 - eta ** state.age.double()).float())[kept]
@@ -141,20 +141,20 @@ def test_shrink_and_perturb_per_step_and_at_task_start():
     info = agent.observe(x, y)
     twin.observe(x, y)
     sp.after_step(agent, info)
-    assert torch.allclose(agent.model.linears[0].weight, 0.9 * twin.model.linears[0].weight)
+    assert torch.allclose(agent.model.layers[0].weight, 0.9 * twin.model.layers[0].weight)
     torch.manual_seed(5)
     big = Agent(MLP(400, [300], 10), make_optimizer(MLP(400, [300], 10).parameters(), "sgd", 0.1))
-    w = big.model.linears[0].weight.detach().clone()
+    w = big.model.layers[0].weight.detach().clone()
     interventions.get("shrink_perturb")(shrink=0.0, noise_std=0.01).after_step(big, None)
-    assert float((big.model.linears[0].weight - w).std()) == pytest.approx(0.01, rel=0.02)
+    assert float((big.model.layers[0].weight - w).std()) == pytest.approx(0.01, rel=0.02)
     from streams import Task
     t = lambda k: Task(k, x, y, x, y, (0, 1))
     at_task = interventions.get("shrink_perturb")(shrink=0.5, noise_std=0.0, at="task")
-    w = agent.model.linears[1].weight.detach().clone()
+    w = agent.model.layers[1].weight.detach().clone()
     at_task.on_task_start(agent, t(0))
-    assert torch.equal(agent.model.linears[1].weight, w)  # not before the first task
+    assert torch.equal(agent.model.layers[1].weight, w)  # not before the first task
     at_task.on_task_start(agent, t(1))
-    assert torch.allclose(agent.model.linears[1].weight, 0.5 * w)
+    assert torch.allclose(agent.model.layers[1].weight, 0.5 * w)
     assert at_task.after_step is None
 
 
@@ -189,18 +189,18 @@ def test_dormant_score_by_hand_and_redo_resets_dormant_units():
     assert dormant_scores(h).tolist() == pytest.approx([0.0, 2.0, 1.0])
     agent = tiny_agent(hidden=(5,))
     with torch.no_grad():  # kill unit 2: always negative pre-activation
-        agent.model.linears[0].weight[2] = -10.0 * torch.ones(3)
-        agent.model.linears[0].bias[2] = -100.0
+        agent.model.layers[0].weight[2] = -10.0 * torch.ones(3)
+        agent.model.layers[0].bias[2] = -100.0
     from streams import Task
     x = torch.randn(64, 3, generator=torch.Generator().manual_seed(3))
     redo = interventions.get("redo")(tau=0.0, period=2, probe_size=32)
     redo.on_task_start(agent, Task(0, x, torch.zeros(64, dtype=torch.long), x, x, (0, 1)))
     assert redo.after_step(agent, agent.observe(*batch(0))) is None
-    out_before = agent.model.linears[1].weight.detach().clone()
+    out_before = agent.model.layers[1].weight.detach().clone()
     rec = redo.after_step(agent, agent.observe(*batch(1)))
     assert rec == {"redo/reset/h1": 1}
-    assert float(agent.model.linears[0].bias[2]) == 0.0 and float(agent.model.linears[0].weight[2].max()) > -10
-    assert float(agent.model.linears[1].weight[:, 2].abs().sum()) == 0.0
+    assert float(agent.model.layers[0].bias[2]) == 0.0 and float(agent.model.layers[0].weight[2].max()) > -10
+    assert float(agent.model.layers[1].weight[:, 2].abs().sum()) == 0.0
 
 
 def test_resets_head_all_and_zero():
@@ -209,16 +209,16 @@ def test_resets_head_all_and_zero():
     agent = tiny_agent("adam", hidden=(4, 4))
     agent.observe(x, y)
     head = interventions.get("reset")(layers="head", mode="zero")
-    w0 = agent.model.linears[0].weight.detach().clone()
+    w0 = agent.model.layers[0].weight.detach().clone()
     head.on_task_start(agent, Task(1, x, y, x, y, (0, 1)))
-    assert float(agent.model.linears[-1].weight.abs().sum()) == 0 and torch.equal(agent.model.linears[0].weight, w0)
-    assert agent.model.linears[-1].weight not in agent.optimizer.state
+    assert float(agent.model.layers[-1].weight.abs().sum()) == 0 and torch.equal(agent.model.layers[0].weight, w0)
+    assert agent.model.layers[-1].weight not in agent.optimizer.state
     last2 = interventions.get("reset")(layers="2", every="3")
-    w_mid = agent.model.linears[1].weight.detach().clone()
+    w_mid = agent.model.layers[1].weight.detach().clone()
     for s in range(3):
         rec = last2.after_step(agent, agent.observe(x, y))
-    assert rec == {"reset/layers": 2} and not torch.equal(agent.model.linears[1].weight, w_mid)
-    assert float(agent.model.linears[1].weight.abs().max()) <= agent.model.init_bound(1)
+    assert rec == {"reset/layers": 2} and not torch.equal(agent.model.layers[1].weight, w_mid)
+    assert float(agent.model.layers[1].weight.abs().max()) <= agent.model.init_bound(1)
     with pytest.raises(ValueError, match="layers"):
         interventions.get("reset")(layers="tail")
 
@@ -228,9 +228,9 @@ def test_spectral_power_iteration_and_penalty_gradient():
     spec = interventions.get("spectral")(weight=0.5, iterations=50)
     spec.on_run_start(agent)
     sig = spec.sigmas(agent.model)
-    for s, layer in zip(sig, agent.model.linears):
+    for s, layer in zip(sig, agent.model.layers):
         assert float(s) == pytest.approx(float(torch.linalg.matrix_norm(layer.weight.detach(), 2)), rel=1e-4)
-    W = agent.model.linears[0].weight
+    W = agent.model.layers[0].weight
     agent.model.zero_grad()
     spec.penalty(agent.model).backward()
     u = spec.vectors[0]

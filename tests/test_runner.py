@@ -81,7 +81,7 @@ def test_nan_loss_stops_with_message_and_keeps_checkpoint(tiny_run, tmp_path, mo
         def on_task_start(self, agent, task):
             if task.id == self.at:
                 with torch.no_grad():
-                    agent.model.linears[0].weight.fill_(float("inf"))
+                    agent.model.layers[0].weight.fill_(float("inf"))
 
     interventions.register("poison_for_test")(Poison)
     with pytest.raises(NonFiniteLoss, match=r"task 2\).*end of task 1.*agent.optimizer.lr"):

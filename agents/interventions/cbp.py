@@ -198,6 +198,6 @@ class WeightMagnitudes:
         else:
             a = self.absolute(w)
             per_column = a.new_full((a.shape[0],), 1.0 / a.shape[0]) @ a
-        if per_column.shape[0] != units:
-            per_column = per_column.view(-1, units).mean(0)
+        if per_column.shape[0] != units:  # several columns per unit: CReLU's blocks or a conv's positions
+            per_column = per_column.view(units, -1).mean(1) if layer.consecutive else per_column.view(-1, units).mean(0)
         return per_column

@@ -29,5 +29,5 @@ class L2:
         return self.weight
 
     def penalty(self, model: nn.Module) -> torch.Tensor:
-        params = [p for layer in model.linears for p in (layer.weight, layer.bias) if p is not None]
+        params = [p for layer in model.layers for p in (layer.weight, layer.bias) if p is not None]
         return 0.5 * self.weight * sum(p.square().sum() for p in params)

@@ -51,6 +51,9 @@ class ReDo:
         if self.period < 1 or self.probe_size < 1:
             raise ValueError("period and probe_size must be positive integers")
 
+    def on_run_start(self, agent: Agent) -> None:
+        agent.model.unit_layers()  # a network without resettable units says so before training
+
     def on_task_start(self, agent: Agent, task: "Task") -> None:
         self.probe = task.x_train[: self.probe_size]
 

@@ -61,9 +61,9 @@ class Reset:
     @torch.no_grad()
     def reset(self, agent: Agent) -> dict:
         model = agent.model
-        chosen = self.which(len(model.linears))
+        chosen = self.which(len(model.layers))
         for i in chosen:
-            layer = model.linears[i]
+            layer = model.layers[i]
             if self.mode == "zero":
                 layer.weight.zero_()
             else:

@@ -48,7 +48,7 @@ class ShrinkPerturb:
 
     @torch.no_grad()
     def after_step(self, agent: Agent, info: StepInfo) -> None:
-        for layer in agent.model.linears:
+        for layer in agent.model.layers:
             for p in (layer.weight, layer.bias):
                 if p is not None:
                     if self.shrink:
@@ -59,7 +59,7 @@ class ShrinkPerturb:
     def on_task_start(self, agent: Agent, task: "Task") -> None:
         if task.id == 0:
             return
-        for i, layer in enumerate(agent.model.linears):
+        for i, layer in enumerate(agent.model.layers):
             bound = agent.model.init_bound(i)
             for p in (layer.weight, layer.bias):
                 if p is not None:

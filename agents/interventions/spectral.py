@@ -35,12 +35,12 @@ class Spectral:
     def on_run_start(self, agent: Agent) -> None:
         g = torch.Generator().manual_seed(0)
         self.vectors = [F.normalize(torch.randn(l.weight.shape[0], generator=g), dim=0).to(l.weight.device)
-                        for l in agent.model.linears]
+                        for l in agent.model.layers]
 
     def sigmas(self, model: nn.Module) -> list[torch.Tensor]:
         """sigma_max estimate of each Linear weight (differentiable in W)."""
         out = []
-        for i, layer in enumerate(model.linears):
+        for i, layer in enumerate(model.layers):
             w = layer.weight.flatten(1)
             with torch.no_grad():
                 u = self.vectors[i]

@@ -33,13 +33,13 @@ def concat_columns(units: torch.Tensor, width: int, copies: int) -> torch.Tensor
 
 
 @torch.no_grad()
-def reset_units(layer: UnitLayer, units: torch.Tensor, optimizer: torch.optim.Optimizer | None,
-                concatenated: bool = True) -> None:
+def reset_units(layer: UnitLayer, units: torch.Tensor, optimizer: torch.optim.Optimizer | None) -> None:
     """Re-initialise hidden ``units`` of ``layer`` and clear their optimizer state.
 
-    ``concatenated``: for width-multiplying activations (CReLU: [relu(x),
-    relu(-x)]) unit j feeds columns j and j + H; a conv->flatten boundary
-    instead feeds P consecutive columns (set ``concatenated=False``).
+    For width-multiplying activations (CReLU: [relu(x), relu(-x)]) unit j
+    feeds columns j and j + H; across a conv->flatten boundary channel c feeds
+    P consecutive columns (``layer.consecutive``). Conv weights are indexed
+    the same way on their channel axes (out-channels in, in-channels out).
     """
     if units.numel() == 0:
         return
@@ -52,7 +52,7 @@ def reset_units(layer: UnitLayer, units: torch.Tensor, optimizer: torch.optim.Op
         layer.incoming.bias[units] = 0.0
         entries.append((layer.incoming.bias, 0, units))
     width = w_in.shape[0]
-    if layer.fan_out_per_unit > 1 and concatenated:
+    if layer.fan_out_per_unit > 1 and not layer.consecutive:
         cols = concat_columns(units, width, layer.fan_out_per_unit)
     else:
         cols = outgoing_columns(units, layer.fan_out_per_unit)
