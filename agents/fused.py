@@ -1,5 +1,6 @@
 """The fused online path: forward, backward and the SGD update of an MLP in
-place, without autograd.
+place, without autograd (the arithmetic is in agents/stacked.py, shared with
+vectorised seeds).
 
 For a batch (often of one), with h_0 = x, z_l = h_{l-1} W_l^T + b_l and
 h_l = phi(z_l), cross-entropy gives dL/dlogits = (softmax - onehot) / B (mean
@@ -22,9 +23,9 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from agents.agent import Agent, StepInfo
+from agents.stacked import StackedStep
 
 DERIVATIVES = {
     "relu": lambda z, h, p: (z > 0).to(z.dtype),
@@ -66,53 +67,12 @@ class FusedAgent(Agent):
         self.extra_decay = extra_decay
         self.act_params = [getattr(a, "params", {}) for a in self.model.acts]
         self.derivative = DERIVATIVES[self.model.activation]
+        self._stack: StackedStep | None = None  # built at the first step (vectorised seeds build their own)
 
-    @torch.no_grad()
     def observe(self, x: torch.Tensor, y: torch.Tensor) -> StepInfo:
-        model = self.model
-        group = self.optimizer.param_groups[0]
-        lr, decay = group["lr"], group["weight_decay"] + self.extra_decay
-        h = x.flatten(1)
-        ins, pre, feats = [h], [], []
-        for lin, act in zip(model.layers[:-1], model.acts):
-            z = F.linear(h, lin.weight, lin.bias)
-            h = act(z)
-            pre.append(z)
-            feats.append(h)
-            ins.append(h)
-        logits = F.linear(h, model.layers[-1].weight, model.layers[-1].bias)
-        if self._mask is not None:
-            logits = logits + self._mask
-        if self.loss_name == "mse":
-            loss = F.mse_loss(logits.squeeze(-1), y)
-            delta = (logits - y.view_as(logits)).mul_(2.0 / len(y))
-        else:
-            loss = F.cross_entropy(logits, y)
-            delta = torch.softmax(logits, dim=1)
-            delta[torch.arange(len(y), device=y.device), y] -= 1.0
-            delta /= len(y)
-        deltas = [delta]
-        for i in range(len(pre) - 1, -1, -1):
-            d = deltas[-1] @ model.layers[i + 1].weight
-            deltas.append(d * self.derivative(pre[i], feats[i], self.act_params[i]))
-        deltas.reverse()
-        for lin, d, h_in in zip(model.layers, deltas, ins):
-            if decay:
-                lin.weight.mul_(1 - lr * decay)
-            lin.weight.addmm_(d.t(), h_in, alpha=-lr)
-            if lin.bias is not None:
-                if decay:
-                    lin.bias.mul_(1 - lr * decay)
-                lin.bias.add_(d.sum(0), alpha=-lr)
-        correct = (logits.argmax(1) == y).sum() if self.loss_name == "cross_entropy" else torch.zeros((), dtype=torch.long, device=y.device)
-
-        def grads() -> list[torch.Tensor]:
-            """dL/dW = d^T h_in and dL/db = sum d per layer (the data loss; decay excluded)."""
-            out = []
-            for lin, d, h_in in zip(model.layers, deltas, ins):
-                out.append(d.t() @ h_in)
-                if lin.bias is not None:
-                    out.append(d.sum(0))
-            return out
-
-        return StepInfo(x, y, logits, loss, correct, feats, grads)
+        """The fused step as a stack of one seed (agents/stacked.py), so a run
+        alone and the same seed among vectorised seeds do the same arithmetic."""
+        if self._stack is None:
+            self._stack = StackedStep([self])
+        xs, ys = x[None], y[None]
+        return self._stack.info(0, xs, ys, *self._stack.step(xs, ys))

@@ -34,12 +34,25 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def compact(obj: Any) -> Any:
+    """``obj`` with every tensor that views a larger storage copied out:
+    ``torch.save`` writes a view's whole storage, so one seed's slice of
+    vectorised seeds' stacked weights would otherwise carry all of them."""
+    if isinstance(obj, torch.Tensor):
+        return obj.clone() if obj.untyped_storage().nbytes() > obj.nbytes else obj
+    if isinstance(obj, dict):
+        return {k: compact(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(compact(v) for v in obj)
+    return obj
+
+
 def save(directory: Path, payload: dict[str, Any]) -> Path:
     """Write ``payload`` to ``directory/last.pt`` atomically (write, fsync, rename)."""
     directory.mkdir(parents=True, exist_ok=True)
     path, tmp = directory / LAST, directory / (LAST + ".tmp")
     with open(tmp, "wb") as f:
-        torch.save(payload, f)
+        torch.save(compact(payload), f)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)

@@ -79,15 +79,33 @@ def _data(args: argparse.Namespace) -> int:
 
 
 def _train(cfg: Any, out_dir: Any = None, resume: bool = False) -> int:
+    """One run, or with ``seeds=[...]`` every seed vectorised in this process (lab/seeds.py)."""
     from lab.runner import NonFiniteLoss, run
 
     try:
-        summary = run(cfg, out_dir, resume=resume)
+        if cfg.get("seeds"):
+            from lab.seeds import run_seeds
+
+            summaries = run_seeds(cfg, out_dir, resume=resume)
+        else:
+            summaries = [run(cfg, out_dir, resume=resume)]
     except NonFiniteLoss as err:
         print(f"lab: error: {err}", file=sys.stderr)
         return EXIT_NONFINITE
-    _print_summary(summary)
+    if len(summaries) == 1:
+        _print_summary(summaries[0])
+    else:
+        _print_seeds(summaries)
     return 0
+
+
+def _print_seeds(summaries: list[dict[str, Any]]) -> None:
+    from lab.compare import group_runs, load_runs, render, table
+
+    dirs = [Path(s["out_dir"]) for s in summaries]
+    print(render(*table(group_runs(load_runs(dirs)))))
+    print(f"output: {dirs[0].parent}/seed_<s> ({len(dirs)} runs, trained together); "
+          f"plots: lab plot {dirs[0].parent} --out {dirs[0].parent / 'plots'}")
 
 
 def _run(overrides: list[str]) -> int:
@@ -105,7 +123,8 @@ def _resume(out: Path) -> int:
         raise ConfigError("out_dir", str(out), "a run directory holding config.yaml (written by `lab run`)")
     cfg = OmegaConf.load(out / "config.yaml")
     load_plugins(list(cfg.plugins))
-    if (out / "summary.json").is_file():
+    done = [out / f"seed_{s}" / "summary.json" for s in cfg.seeds] if cfg.get("seeds") else [out / "summary.json"]
+    if all(p.is_file() for p in done):
         print(f"{out} already finished; nothing to resume")
         return 0
     return _train(cfg, out, resume=True)

@@ -102,6 +102,7 @@ class WandbConfig:
 class Config:
     experiment: str = "permuted_mnist"
     seed: int = 0
+    seeds: Optional[List[int]] = None
     out_dir: Optional[str] = None
     device: str = "cpu"
     plugins: List[str] = field(default_factory=list)

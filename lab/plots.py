@@ -42,7 +42,9 @@ def plot_run(out: Path, summary: dict[str, Any]) -> list[Path]:
     if _regression([summary]):
         paths = [online_error([group], plots / "online_error.png")]
     else:
-        paths = [online_accuracy([group], plots / "online_accuracy.png"), accuracy_matrix(group, plots / "acc_matrix.png")]
+        paths = [online_accuracy([group], plots / "online_accuracy.png")]
+        if summary.get("acc_matrix"):
+            paths.append(accuracy_matrix(group, plots / "acc_matrix.png"))
     if summary.get("diagnostics"):
         paths.append(diagnostics([group], plots / "diagnostics.png"))
     return paths
@@ -56,7 +58,8 @@ def plot_groups(groups: list[Group], out: Path) -> list[Path]:
     paths = [online_accuracy(groups, out / "online_accuracy.png"), diagnostics(groups, out / "diagnostics.png"),
              final_accuracy(groups, out / "final_accuracy.png")]
     for i, g in enumerate(groups):
-        paths.append(accuracy_matrix(g, out / f"acc_matrix_{i}.png"))
+        if all(r.summary.get("acc_matrix") for r in g.runs):  # runs short enough for a dense matrix
+            paths.append(accuracy_matrix(g, out / f"acc_matrix_{i}.png"))
     return paths
 
 

@@ -27,7 +27,7 @@ from lab import checkpoint
 from lab.build import (as_dict, build_agent, build_interventions, build_stream, build_tracker, check_train, resolve_device,
                        seed_everything, use_fast_path)
 from lab.progress import Progress
-from lab.results import Results
+from lab.results import DENSE_MAX_TASKS, Results
 from lab.sinks import JsonlSink, Sink, close_all, emit
 from streams import Stream, Task, task_rng
 
@@ -80,6 +80,8 @@ def default_out_dir(cfg: DictConfig) -> Path:
 
 @dataclass
 class RunContext:
+    """One run's live state: what it trains, what watches it, where it writes."""
+
     cfg: DictConfig
     out: Path
     stream: Stream
@@ -89,6 +91,12 @@ class RunContext:
     sinks: list[Sink]
     results: Results
     step: int = 0
+    watchers: list[Any] = field(default_factory=list)
+    tracker: Any = None
+    jsonl: Any = None
+    wandb: Any = None
+    first_task: int = 0
+    device: torch.device = torch.device("cpu")
 
 
 def run(cfg: DictConfig, out_dir: str | Path | None = None, resume: bool = False) -> dict[str, Any]:
@@ -96,6 +104,25 @@ def run(cfg: DictConfig, out_dir: str | Path | None = None, resume: bool = False
 
     Returns the summary also written to ``out_dir/summary.json``.
     """
+    ctx = open_run(cfg, out_dir, resume)
+    stream = ctx.stream
+    per_task = stream.task(ctx.first_task).num_train * cfg.train.epochs if ctx.first_task < stream.num_tasks else 0
+    progress = Progress(stream.num_tasks, per_task, ctx.first_task, cfg.progress)
+    t_start = time.perf_counter()
+    try:
+        for k in range(ctx.first_task, stream.num_tasks):
+            _run_task(ctx, stream.task(k).to(ctx.device), progress, ctx.device)
+            save_checkpoint(ctx, k)
+        progress.close()
+        return finish_run(ctx, time.perf_counter() - t_start)
+    finally:
+        progress.close()
+        close_all(ctx.sinks)
+
+
+def open_run(cfg: DictConfig, out_dir: str | Path | None = None, resume: bool = False) -> RunContext:
+    """Build everything a run needs (failing on bad input before any training),
+    restore the last checkpoint with ``resume``, and open the sinks."""
     check_train(cfg)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
@@ -131,35 +158,35 @@ def run(cfg: DictConfig, out_dir: str | Path | None = None, resume: bool = False
     wandb_sink = _open_wandb(cfg, out, wandb_id)
     if wandb_sink is not None:
         sinks.append(wandb_sink)
-    ctx = RunContext(cfg, out, stream, agent, ivs, hooks, sinks, results, step)
-    per_task = stream.task(first).num_train * cfg.train.epochs if first < stream.num_tasks else 0
-    progress = Progress(stream.num_tasks, per_task, first, cfg.progress)
-    t_start = time.perf_counter()
-    try:
-        for k in range(first, stream.num_tasks):
-            _run_task(ctx, stream.task(k).to(device), progress, device)
-            if cfg.train.checkpoint:
-                checkpoint.save(out / "checkpoints", {
-                    "agent": agent.state_dict(),
-                    "interventions": [w.state_dict() if hasattr(w, "state_dict") else None for w in watchers],
-                    "rng": checkpoint.rng_state(), "next_task": k + 1, "step": ctx.step, "results": results.to_dict(),
-                    "jsonl_offset": jsonl.offset(), "wandb_id": wandb_sink.run_id if wandb_sink else None,
-                })
-        progress.close()
-        summary = _summary(cfg, stream, results, time.perf_counter() - t_start, wandb_sink, agent)
-        if tracker is not None:
-            summary["final_metrics"] = tracker.final()
-            summary["diagnostics"] = tracker.series
-        (out / "summary.json").write_text(json.dumps(summary, indent=1))
-        from lab.plots import plot_run
+    return RunContext(cfg, out, stream, agent, ivs, hooks, sinks, results, step, watchers, tracker, jsonl, wandb_sink,
+                      first, device)
 
-        summary["plots"] = [str(p) for p in plot_run(out, summary)]
-        summary["out_dir"] = str(out)
-        if wandb_sink is not None:
-            _log_final(wandb_sink, results, out)
-    finally:
-        progress.close()
-        close_all(sinks)
+
+def save_checkpoint(ctx: RunContext, k: int) -> None:
+    """The state after task ``k`` (atomic; ``lab resume`` starts at task k + 1)."""
+    if not ctx.cfg.train.checkpoint:
+        return
+    checkpoint.save(ctx.out / "checkpoints", {
+        "agent": ctx.agent.state_dict(),
+        "interventions": [w.state_dict() if hasattr(w, "state_dict") else None for w in ctx.watchers],
+        "rng": checkpoint.rng_state(), "next_task": k + 1, "step": ctx.step, "results": ctx.results.to_dict(),
+        "jsonl_offset": ctx.jsonl.offset(), "wandb_id": ctx.wandb.run_id if ctx.wandb else None,
+    })
+
+
+def finish_run(ctx: RunContext, wall: float) -> dict[str, Any]:
+    """Write summary.json and the plots; log the accuracy matrix to W&B."""
+    summary = _summary(ctx.cfg, ctx.stream, ctx.results, wall, ctx.wandb, ctx.agent)
+    if ctx.tracker is not None:
+        summary["final_metrics"] = ctx.tracker.final()
+        summary["diagnostics"] = ctx.tracker.series
+    (ctx.out / "summary.json").write_text(json.dumps(summary, indent=1))
+    from lab.plots import plot_run
+
+    summary["plots"] = [str(p) for p in plot_run(ctx.out, summary)]
+    summary["out_dir"] = str(ctx.out)
+    if ctx.wandb is not None:
+        _log_final(ctx.wandb, ctx.results, ctx.out)
     return summary
 
 
@@ -176,18 +203,30 @@ def _open_wandb(cfg: DictConfig, out: Path, run_id: str | None):
 
 def _run_task(ctx: RunContext, task: Task, progress: Progress, device: torch.device) -> None:
     """Train one task, evaluate, emit its records."""
-    cfg, agent = ctx.cfg, ctx.agent
-    agent.use_head(task.classes if ctx.stream.scenario == "task" else None)
-    if cfg.train.new_head:
-        Reset(layers="head", mode="zero").reset(agent)
-    for h in ctx.hooks.on_task_start:
-        _emit(ctx, task.id, h(agent, task))
+    begin_task(ctx, task)
     t0 = time.perf_counter()
-    if hasattr(agent, "train_task"):  # a learner with its own training loop (an Avalanche strategy)
+    if hasattr(ctx.agent, "train_task"):  # a learner with its own training loop (an Avalanche strategy)
         correct, loss, seen = _train_delegated(ctx, task, progress)
     else:
         correct, loss, seen = _train_epochs(ctx, task, progress, device)
-    ctx.results.train_seconds += time.perf_counter() - t0
+    end_task(ctx, task, correct, loss, seen, time.perf_counter() - t0, progress)
+
+
+def begin_task(ctx: RunContext, task: Task) -> None:
+    """The task's head, Dohare et al.'s new head if asked, then ``on_task_start`` hooks."""
+    agent = ctx.agent
+    agent.use_head(task.classes if ctx.stream.scenario == "task" else None)
+    if ctx.cfg.train.new_head:
+        Reset(layers="head", mode="zero").reset(agent)
+    for h in ctx.hooks.on_task_start:
+        _emit(ctx, task.id, h(agent, task))
+
+
+def end_task(ctx: RunContext, task: Task, correct: float, loss: float, seen: int, seconds: float,
+             progress: Progress) -> None:
+    """``on_task_end`` hooks, evaluation and the task's record."""
+    cfg, agent = ctx.cfg, ctx.agent
+    ctx.results.train_seconds += seconds
     ctx.results.examples += seen
     for h in ctx.hooks.on_task_end:
         _emit(ctx, task.id, h(agent, task))
@@ -295,7 +334,7 @@ def evaluate(agent: Agent, stream: Stream, current: Task, window: int | None) ->
 def _log_final(sink: Any, results: Results, out: Path) -> None:
     """The accuracy matrix to W&B as a table and as the heatmap image (a
     failure here is warned about, never raised: the run is already saved)."""
-    rows = [[i, j, v] for i, row in enumerate(results.acc_matrix) for j, v in enumerate(row) if v is not None]
+    rows = results.acc_entries
     try:
         sink.log_matrix(rows, out / "plots" / "acc_matrix.png")
     except Exception as err:
@@ -313,7 +352,8 @@ def _summary(cfg: DictConfig, stream: Stream, results: Results, wall: float, wan
         "tasks_trained": len(results.online_accuracy),
         "online_accuracy": results.online_accuracy,
         "online_loss": results.online_loss,
-        "acc_matrix": results.acc_matrix,
+        "acc_matrix": results.dense() if len(results.online_accuracy) <= DENSE_MAX_TASKS else None,
+        "acc_entries": results.acc_entries,
         **results.scores(),
         "wall_time_s": wall,
         "examples_per_s": results.examples / max(results.train_seconds, 1e-9),

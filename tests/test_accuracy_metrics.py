@@ -46,3 +46,30 @@ def test_unevaluated_entries_are_skipped_and_empty_gives_none():
 def test_online_accuracy_bins_pre_update_flags():
     flags = torch.tensor([1, 0, 1, 1, 0, 0, 1])
     assert online_accuracy(flags, 3) == pytest.approx([2 / 3, 1 / 3, 1.0])
+
+
+def test_results_keep_entries_and_score_like_the_dense_definitions():
+    """The run's sparse bookkeeping gives the same ACC/BWT/forgetting as the
+    dense-matrix functions, for windowed and strided evaluation."""
+    import random
+
+    from lab.results import Results
+    from metrics import avg_accuracy, bwt, forgetting
+
+    rng = random.Random(0)
+    for window, every in ((None, 1), (3, 1), (4, 2), (1, 3)):
+        r = Results()
+        for i in range(12):
+            evals = {}
+            if (i + 1) % every == 0 or i == 11:
+                first = 0 if window is None else max(0, i - window + 1)
+                evals = {j: round(rng.random(), 3) for j in range(first, i + 1)}
+            r.add_task(0.5, 1.0, evals)
+            R = r.dense()
+            while R and all(v is None for v in R[-1]):
+                R = R[:-1]
+            expected = {"avg_accuracy": avg_accuracy(R), "bwt": bwt(R), "forgetting": forgetting(R)}
+            got = r.scores()
+            for key, value in expected.items():
+                assert (got[key] is None and value is None) or abs(got[key] - value) < 1e-12, (window, every, i, key)
+        assert len(r.acc_entries) == sum(1 for row in r.dense() for v in row if v is not None)

@@ -1,0 +1,119 @@
+"""The fused SGD step of N copies of one MLP at once (N = 1 for a single run):
+weights stacked into (N, out, in) tensors, every step done with batched matrix
+products (``bmm`` / ``baddbmm_``). With h_0 = x, z_l = h_{l-1} W_l^T + b_l,
+h_l = phi(z_l): dL/dlogits = (softmax - onehot) / B for cross-entropy,
+2 (out - y) / B for the mean squared error; d_l = (d_{l+1} W_{l+1}) * phi'(z_l),
+all before any weight changes; then W_l <- (1 - lr wd) W_l - lr d_l^T h_{l-1}
+(one ``baddbmm_`` per layer for all seeds) and b_l likewise.
+
+Each seed keeps its own Agent: its model's parameters are re-pointed at views
+of the stacked tensors (``param.data = stack[i]``), so the seed's
+interventions, metrics and checkpoints read and write its own slice in place,
+exactly as in a run of that seed alone. A batched matmul computes each slice
+with the same kernel as the single product (bit-identical on the CPU here;
+tested), so seed i trained here equals seed i trained alone.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from agents.agent import StepInfo
+
+
+class StackedStep:
+    """One fused SGD step for N agents with identical configurations."""
+
+    def __init__(self, agents: list):
+        """``agents``: FusedAgents (their ``derivative``, ``act_params`` and ``extra_decay`` are used)."""
+        first = agents[0]
+        self.agents = agents
+        for a in agents:
+            a._stack = None  # a seed's own one-seed stack would point at stale weights
+        self.loss_name = first.loss_name
+        self.derivative = first.derivative
+        self.act_params = first.act_params
+        self.acts = first.model.acts
+        self.weights: list[torch.Tensor] = []
+        self.biases: list[torch.Tensor | None] = []
+        for i, layer in enumerate(first.model.layers):
+            w = torch.stack([a.model.layers[i].weight.detach() for a in agents])
+            self.weights.append(w)
+            has_bias = layer.bias is not None
+            self.biases.append(torch.stack([a.model.layers[i].bias.detach() for a in agents]) if has_bias else None)
+            for n, a in enumerate(agents):  # each seed's parameters become views of its slice
+                a.model.layers[i].weight.data = w[n]
+                if has_bias:
+                    a.model.layers[i].bias.data = self.biases[-1][n]
+
+    def masks(self) -> torch.Tensor | None:
+        """(N, 1, out) head masks of the seeds (None when no seed masks its logits)."""
+        if all(a._mask is None for a in self.agents):
+            return None
+        out = self.weights[-1].shape[1]
+        zero = torch.zeros(out, device=self.weights[-1].device, dtype=self.weights[-1].dtype)
+        return torch.stack([zero if a._mask is None else a._mask for a in self.agents])[:, None, :]
+
+    @torch.no_grad()
+    def step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
+                                                               list[torch.Tensor], Callable[[int], list[torch.Tensor]]]:
+        """Update every seed on its batch ``x[i], y[i]`` ((N, B, ...) and (N, B)).
+
+        Returns per-seed loss (N,), correct (N,), logits (N, B, out), the
+        hidden features [(N, B, h)] and ``grads(i)`` building seed i's gradients."""
+        group = self.agents[0].optimizer.param_groups[0]
+        lr, decay = group["lr"], group["weight_decay"] + self.agents[0].extra_decay
+        n, b = y.shape
+        h = x.flatten(2)
+        ins, pre, feats = [h], [], []
+        for w, bias, act in zip(self.weights[:-1], self.biases, self.acts):
+            z = torch.bmm(h, w.transpose(1, 2)) if bias is None else torch.baddbmm(bias[:, None, :], h, w.transpose(1, 2))
+            h = act(z)
+            pre.append(z)
+            feats.append(h)
+            ins.append(h)
+        w, bias = self.weights[-1], self.biases[-1]
+        logits = torch.bmm(h, w.transpose(1, 2)) if bias is None else torch.baddbmm(bias[:, None, :], h, w.transpose(1, 2))
+        mask = self.masks()
+        if mask is not None:
+            logits = logits + mask
+        if self.loss_name == "mse":
+            loss = (logits.squeeze(-1) - y).square().mean(1)
+            delta = (logits - y.view_as(logits)).mul_(2.0 / b)
+            correct = torch.zeros(n, dtype=torch.long, device=y.device)
+        else:
+            loss = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view(n, b).mean(1)
+            delta = torch.softmax(logits, dim=2)
+            delta.scatter_add_(2, y[:, :, None], torch.full_like(delta[:, :, :1], -1.0))
+            delta /= b
+            correct = (logits.argmax(2) == y).sum(1)
+        deltas = [delta]
+        for i in range(len(pre) - 1, -1, -1):
+            d = torch.bmm(deltas[-1], self.weights[i + 1])
+            deltas.append(d * self.derivative(pre[i], feats[i], self.act_params[i]))
+        deltas.reverse()
+        for w, bias, d, h_in in zip(self.weights, self.biases, deltas, ins):
+            if decay:
+                w.mul_(1 - lr * decay)
+            w.baddbmm_(d.transpose(1, 2), h_in, alpha=-lr)
+            if bias is not None:
+                if decay:
+                    bias.mul_(1 - lr * decay)
+                bias.add_(d.sum(1), alpha=-lr)
+
+        def grads(i: int) -> list[torch.Tensor]:
+            out = []
+            for bias, d, h_in in zip(self.biases, deltas, ins):
+                out.append(d[i].t() @ h_in[i])
+                if bias is not None:
+                    out.append(d[i].sum(0))
+            return out
+
+        return loss, correct, logits, feats, grads
+
+    def info(self, i: int, x: torch.Tensor, y: torch.Tensor, loss: torch.Tensor, correct: torch.Tensor,
+             logits: torch.Tensor, feats: list[torch.Tensor], grads: Callable[[int], list[torch.Tensor]]) -> StepInfo:
+        """Seed i's view of the step, as its own fused agent would report it."""
+        return StepInfo(x[i], y[i], logits[i], loss[i], correct[i], [f[i] for f in feats], lambda: grads(i))

@@ -1,0 +1,104 @@
+"""Vectorised seeds: each seed trained among others equals that seed trained alone."""
+import json
+
+import pytest
+import torch
+
+from registry import ConfigError
+
+BASE = ["wandb.enabled=false", "progress=off", "agent.hidden=[32,16]", "stream.num_tasks=3",
+        "stream.examples_per_task=160", "metrics.probe_every=0", "metrics.hessian_every=0", "agent.optimizer.lr=0.05",
+        "train.log_every=8"]
+
+
+def records(path):
+    out = []
+    for line in path.read_text().splitlines():
+        r = json.loads(line)
+        r.pop("perf/examples_per_s", None)
+        out.append(r)
+    return out
+
+
+def weights(run_dir):
+    return torch.load(run_dir / "checkpoints/last.pt", weights_only=False)["agent"]["model"]
+
+
+@pytest.mark.parametrize("extra", [
+    ["train.batch_size=1"],
+    ["interventions=[cbp]", "interventions.cbp.replacement_rate=0.02", "interventions.cbp.maturity_threshold=20",
+     "interventions.cbp.accumulate=false"],
+    ["interventions=[shrink_perturb,l2]", "interventions.shrink_perturb.noise_std=1e-3", "activation=tanh"],
+    ["experiment=split_mnist", "stream.scenario=task", "agent.hidden=[32]", "stream.num_tasks=3"],
+    ["experiment=bit_flipping", "stream.num_tasks=3", "stream.flip_every=200", "agent.hidden=[5]"],
+], ids=["backprop_batch1", "cbp_bernoulli", "shrink_perturb_l2_tanh", "split_task_heads", "bit_flipping_mse"])
+def test_each_seed_equals_its_run_alone(extra, compose, tmp_path):
+    from lab.runner import run
+    from lab.seeds import run_seeds
+
+    base = [o for o in BASE if not ("experiment=bit_flipping" in extra and o.startswith("stream.examples"))]
+    many = run_seeds(compose([*base, *extra, "seeds=[0,1,2]"]), tmp_path / "many")
+    assert [s["seed"] for s in many] == [0, 1, 2]
+    for s, summary in zip([0, 1, 2], many):
+        alone = run(compose([*base, *extra, f"seed={s}"]), tmp_path / f"alone{s}")
+        seed_dir = tmp_path / "many" / f"seed_{s}"
+        for k, v in weights(tmp_path / f"alone{s}").items():
+            assert torch.equal(v, weights(seed_dir)[k]), (s, k)
+        assert summary["online_loss"] == alone["online_loss"] and summary["acc_matrix"] == alone["acc_matrix"]
+        assert records(seed_dir / "metrics.jsonl") == records(tmp_path / f"alone{s}/metrics.jsonl")
+    assert many[0]["online_loss"] != many[1]["online_loss"]  # and the seeds differ from each other
+
+
+def test_seed_checkpoints_hold_only_their_own_weights(compose, tmp_path):
+    from lab.seeds import run_seeds
+
+    run_seeds(compose([*BASE, "seeds=[0,1,2,3]"]), tmp_path / "m")
+    alone = sum(v.untyped_storage().nbytes() for v in weights(tmp_path / "m/seed_0").values())
+    assert alone == sum(v.numel() * 4 for v in weights(tmp_path / "m/seed_0").values())
+
+
+def test_interrupted_seeds_resume_to_the_same_end(compose, tmp_path, monkeypatch):
+    import lab.seeds
+    from lab.seeds import run_seeds
+
+    cfg = compose([*BASE, "seeds=[3,4]"])
+    run_seeds(cfg, tmp_path / "whole")
+    real_end = lab.seeds.end_task
+
+    def end_then_die(ctx, task, *a, **kw):
+        if task.id == 2:
+            raise KeyboardInterrupt
+        return real_end(ctx, task, *a, **kw)
+
+    monkeypatch.setattr(lab.seeds, "end_task", end_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        run_seeds(cfg, tmp_path / "cut")
+    monkeypatch.setattr(lab.seeds, "end_task", real_end)
+    run_seeds(cfg, tmp_path / "cut", resume=True)
+    for s in (3, 4):
+        for k, v in weights(tmp_path / f"whole/seed_{s}").items():
+            assert torch.equal(v, weights(tmp_path / f"cut/seed_{s}")[k])
+        assert records(tmp_path / f"cut/seed_{s}/metrics.jsonl") == records(tmp_path / f"whole/seed_{s}/metrics.jsonl")
+
+
+def test_cli_runs_seeds_into_their_own_directories_and_wandb_runs(tmp_path, monkeypatch, capsys):
+    from lab.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    code = main(["run", *[o for o in BASE if not o.startswith("wandb")], "wandb.mode=offline", "seeds=[0,1]",
+                 "out_dir=out"])
+    assert code == 0
+    assert "| " in capsys.readouterr().out  # the table over seeds
+    for s in (0, 1):
+        assert (tmp_path / f"out/seed_{s}/summary.json").is_file()
+        assert len(list((tmp_path / f"out/seed_{s}/wandb").glob("offline-run-*"))) == 1
+    assert main(["resume", "out"]) == 0  # already finished: nothing to do
+
+
+def test_unsupported_runs_say_what_to_do_instead(compose, tmp_path):
+    from lab.seeds import run_seeds
+
+    with pytest.raises(ConfigError, match="seeds.*Adam.*--multirun seed=0,1"):
+        run_seeds(compose([*BASE, "agent.optimizer.name=adam", "seeds=[0,1]"]), tmp_path / "a")
+    with pytest.raises(ConfigError, match="distinct integer seeds"):
+        run_seeds(compose([*BASE, "seeds=[1,1]"]), tmp_path / "b")
