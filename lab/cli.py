@@ -181,7 +181,7 @@ def _as_override(o, value: str) -> str:
 
 
 def _list(as_json: bool) -> int:
-    from agents import activations, interventions
+    from agents import activations, interventions, networks
     from agents.optimizers import optimizer_names
     from lab.avalanche_bridge.strategies import STRATEGIES
     from lab.config import config_dir
@@ -192,6 +192,7 @@ def _list(as_json: bool) -> int:
     table = {
         "experiments": {p.stem: {} for p in sorted(Path(config_dir(), "experiment").glob("*.yaml"))},
         "streams": {n: streams.params(n) for n in streams.names()},
+        "networks": {n: {} for n in networks.names()},
         "activations": {n: activations.params(n) for n in activations.names()},
         "interventions": {n: interventions.params(n) for n in interventions.names()},
         "optimizers": {n: {} for n in optimizer_names()},
@@ -258,7 +259,9 @@ def _print_summary(s: dict[str, Any]) -> None:
     def fmt(v: Any) -> str:
         return "-" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v)
 
-    acc = s["online_accuracy"]
+    value = s.get("target") == "value"  # a regression stream: report its online squared error
+    acc = s["online_loss" if value else "online_accuracy"]
+    what = "online squared error" if value else "online accuracy"
     head = acc[: max(1, len(acc) // 10)]
     tail = acc[-max(1, len(acc) // 10):]
     table = Table(title=f"{s['experiment']} · {s['activation']} · seed {s['seed']}")
@@ -266,8 +269,8 @@ def _print_summary(s: dict[str, Any]) -> None:
     table.add_column("value", justify="right")
     for name, value in [
         ("tasks trained", s["tasks_trained"]),
-        (f"online accuracy, first {len(head)} tasks", sum(head) / len(head) if head else None),
-        (f"online accuracy, last {len(tail)} tasks", sum(tail) / len(tail) if tail else None),
+        (f"{what}, first {len(head)} tasks", sum(head) / len(head) if head else None),
+        (f"{what}, last {len(tail)} tasks", sum(tail) / len(tail) if tail else None),
         ("average test accuracy (final)", s["avg_accuracy"]),
         ("backward transfer (BWT)", s["bwt"]),
         ("forgetting (Chaudhry)", s["forgetting"]),

@@ -13,8 +13,11 @@ from rich.progress import BarColumn, Progress as RichProgress, TextColumn, TimeE
 
 
 class Progress:
-    def __init__(self, num_tasks: int, examples_per_task: int, first_task: int = 0, mode: str = "auto"):
+    def __init__(self, num_tasks: int, examples_per_task: int, first_task: int = 0, mode: str = "auto",
+                 metric: str = "acc"):
+        """``metric``: what ``task_done`` reports ("acc": online accuracy; "err": online squared error)."""
         self.num_tasks, self.per_task = num_tasks, examples_per_task
+        self.metric = metric
         self.console = Console(stderr=True)
         live = mode == "bar" or (mode == "auto" and sys.stderr.isatty())
         self.quiet = mode == "off"
@@ -24,7 +27,7 @@ class Progress:
         if live and not self.quiet:
             self.bar = RichProgress(
                 TextColumn("[bold]task {task.fields[task]}/{task.fields[tasks]}"), BarColumn(),
-                TextColumn("{task.fields[rate]:>8.0f} ex/s"), TextColumn("acc {task.fields[acc]}"),
+                TextColumn("{task.fields[rate]:>8.0f} ex/s"), TextColumn(metric + " {task.fields[acc]}"),
                 TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=self.console, transient=False,
             )
             self.bar.start()
@@ -40,14 +43,15 @@ class Progress:
         if self.bar is not None:
             self.bar.update(self.id, advance=examples, task=task + 1, rate=self.rate())
 
-    def task_done(self, task: int, online_acc: float) -> None:
+    def task_done(self, task: int, value: float) -> None:
+        """Task ``task`` finished with this online accuracy (or error)."""
         if self.bar is not None:
-            self.bar.update(self.id, acc=f"{online_acc:.3f}")
+            self.bar.update(self.id, acc=f"{value:.3f}")
             return
         every = max(1, self.num_tasks // 20)
         if not self.quiet and ((task + 1) % every == 0 or task + 1 == self.num_tasks):
             remaining = (self.num_tasks - task - 1) * self.per_task / max(self.rate(), 1e-9)
-            print(f"task {task + 1}/{self.num_tasks}  online acc {online_acc:.3f}  {self.rate():.0f} ex/s  "
+            print(f"task {task + 1}/{self.num_tasks}  online {self.metric} {value:.3f}  {self.rate():.0f} ex/s  "
                   f"ETA {remaining:.0f} s", file=sys.stderr, flush=True)
 
     def close(self) -> None:

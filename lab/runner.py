@@ -107,7 +107,7 @@ def run(cfg: DictConfig, out_dir: str | Path | None = None, resume: bool = False
     ctx = open_run(cfg, out_dir, resume)
     stream = ctx.stream
     per_task = stream.task(ctx.first_task).num_train * cfg.train.epochs if ctx.first_task < stream.num_tasks else 0
-    progress = Progress(stream.num_tasks, per_task, ctx.first_task, cfg.progress)
+    progress = Progress(stream.num_tasks, per_task, ctx.first_task, cfg.progress, progress_metric(stream))
     t_start = time.perf_counter()
     try:
         for k in range(ctx.first_task, stream.num_tasks):
@@ -118,6 +118,10 @@ def run(cfg: DictConfig, out_dir: str | Path | None = None, resume: bool = False
     finally:
         progress.close()
         close_all(ctx.sinks)
+
+
+def progress_metric(stream: Stream) -> str:
+    return "acc" if stream.target == "class" else "err"
 
 
 def open_run(cfg: DictConfig, out_dir: str | Path | None = None, resume: bool = False) -> RunContext:
@@ -242,7 +246,7 @@ def end_task(ctx: RunContext, task: Task, correct: float, loss: float, seen: int
     if evals:
         record.update({f"eval/{name}": v for name, v in ctx.results.scores().items() if v is not None})
     _emit(ctx, k, record)
-    progress.task_done(k, online)
+    progress.task_done(k, online if ctx.stream.target == "class" else loss / max(seen, 1))
 
 
 def _train_epochs(ctx: RunContext, task: Task, progress: Progress, device: torch.device) -> tuple[float, float, int]:

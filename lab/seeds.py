@@ -29,7 +29,7 @@ from agents.stacked import StackedStep
 from lab import checkpoint
 from lab.progress import Progress
 from lab.runner import (NonFiniteLoss, RunContext, _emit, begin_task, default_out_dir, end_task, finish_run, open_run,
-                        save_checkpoint)
+                        progress_metric, save_checkpoint)
 from lab.sinks import close_all
 from registry import ConfigError
 from streams import Task, task_rng
@@ -78,11 +78,16 @@ def _check_stackable(ctxs: list[RunContext], seeds: list[int]) -> None:
 
 @contextmanager
 def own_rng(states: list[dict[str, Any]], i: int, full: bool = True) -> Iterator[None]:
-    """Run the block with seed i's generators (torch's only, per step: ``full=False``)."""
+    """Run the block with seed i's generators: all of them at task boundaries,
+    torch's (CPU and the current CUDA device's) per step (``full=False``)."""
+    cuda = "cuda" in states[i] and torch.cuda.is_available()
+    dev = torch.cuda.current_device() if cuda else 0
     if full:
         checkpoint.set_rng_state(states[i])
     else:
         torch.set_rng_state(states[i]["torch"])
+        if cuda:
+            torch.cuda.set_rng_state(states[i]["cuda"][dev])
     try:
         yield
     finally:
@@ -90,13 +95,15 @@ def own_rng(states: list[dict[str, Any]], i: int, full: bool = True) -> Iterator
             states[i] = checkpoint.rng_state()
         else:
             states[i]["torch"] = torch.get_rng_state()
+            if cuda:
+                states[i]["cuda"][dev] = torch.cuda.get_rng_state()
 
 
 def _train_all(ctxs: list[RunContext], states: list[dict[str, Any]]) -> list[dict[str, Any]]:
     cfg, stream, first = ctxs[0].cfg, ctxs[0].stream, ctxs[0].first_task
     stack = StackedStep([c.agent for c in ctxs])
     per_task = stream.task(first).num_train * cfg.train.epochs if first < stream.num_tasks else 0
-    progress = Progress(stream.num_tasks, per_task * len(ctxs), first, cfg.progress)
+    progress = Progress(stream.num_tasks, per_task * len(ctxs), first, cfg.progress, progress_metric(stream))
     quiet = Progress(stream.num_tasks, per_task, first, "off")
     t_start = time.perf_counter()
     try:
