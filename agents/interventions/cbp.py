@@ -28,6 +28,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from agents.agent import Agent, StepInfo
@@ -40,12 +41,20 @@ UTIL_TYPES = ("contribution", "zero_contribution", "adaptable_contribution", "fe
 
 @dataclass
 class LayerUtility:
-    """Per-layer state of continual backprop."""
+    """Per-layer state of continual backprop. ``age`` lives on the run's
+    device (it bias-corrects the averages there); ``host_age`` is its mirror
+    on the host, so counting the mature units and deciding how many to
+    replace never waits for the device (a GPU run syncs only when it replaces)."""
 
     util: torch.Tensor
     mean_feature: torch.Tensor
     age: torch.Tensor
     accumulated: float = 0.0
+    host_age: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.host_age is None:
+            self.host_age = self.age.cpu().numpy().copy()
 
 
 @interventions.register("cbp")
@@ -64,6 +73,7 @@ class ContinualBackprop:
     next_bias_correction: bool = False
     layers: list = field(default_factory=list, init=False, repr=False)
     _mags: WeightMagnitudes = field(default_factory=lambda: WeightMagnitudes(), init=False, repr=False)
+    _units: list | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if not 0 <= self.replacement_rate <= 1:
@@ -88,8 +98,10 @@ class ContinualBackprop:
         """Utilities of every layer are computed from this step's weights (before
         any replacement in this step, as the reference GnT does), then units replaced."""
         self._mags.new_step()
+        if self._units is None:
+            self._units = agent.model.unit_layers()
         replaced = {}
-        for layer, state, h in zip(agent.model.unit_layers(), self.layers, info.features):
+        for layer, state, h in zip(self._units, self.layers, info.features):
             chosen = self._update_and_choose(layer, state, h)
             if chosen is not None:
                 self._replace(agent, layer, state, chosen)
@@ -100,6 +112,7 @@ class ContinualBackprop:
         eta = self.decay_rate
         h = per_unit(h, state.util.shape[0])
         state.age += 1
+        state.host_age += 1
         state.mean_feature.mul_(eta).add_(h.mean(0), alpha=1 - eta)
         correction = 1 - eta ** state.age.double()
         f_hat = state.mean_feature / correction.to(h.dtype)
@@ -108,18 +121,21 @@ class ContinualBackprop:
         else:
             state.util.mul_(eta).add_(self._instant_utility(layer, h, f_hat), alpha=1 - eta)
             u_hat = state.util / correction.to(h.dtype)
-        eligible = torch.nonzero(state.age > self.maturity_threshold).flatten()
-        if eligible.numel() == 0:
+        mature = state.host_age > self.maturity_threshold
+        count = int(mature.sum())
+        if count == 0:
             return None
-        n = self.replacement_rate * eligible.numel()
+        n = self.replacement_rate * count
         if self.accumulate:
             state.accumulated += n
             k = math.floor(state.accumulated)
             state.accumulated -= k
         else:
             k = int(n) if n >= 1 else int(torch.rand(()) < n)
+        k = min(k, count)
         if k == 0:
             return None
+        eligible = torch.as_tensor(np.flatnonzero(mature), device=u_hat.device)
         order = torch.topk(-u_hat[eligible], k).indices
         chosen = eligible[order]
         self._f_hat = f_hat
@@ -151,6 +167,7 @@ class ContinualBackprop:
         state.util[chosen] = 0.0
         state.mean_feature[chosen] = 0.0
         state.age[chosen] = 0
+        state.host_age[chosen.cpu().numpy()] = 0
 
     def state_dict(self) -> dict:
         return {"layers": [vars(s).copy() for s in self.layers]}
