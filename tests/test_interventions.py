@@ -201,6 +201,8 @@ def test_dormant_score_by_hand_and_redo_resets_dormant_units():
     assert rec == {"redo/reset/h1": 1}
     assert float(agent.model.layers[0].bias[2]) == 0.0 and float(agent.model.layers[0].weight[2].max()) > -10
     assert float(agent.model.layers[1].weight[:, 2].abs().sum()) == 0.0
+    live = [0, 1, 3, 4]  # the live units' outgoing weights moved only by the SGD step (not reset to 0)
+    assert torch.count_nonzero(agent.model.layers[1].weight[:, live]) == torch.count_nonzero(out_before[:, live])
 
 
 def test_resets_head_all_and_zero():
