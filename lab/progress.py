@@ -7,16 +7,20 @@ from __future__ import annotations
 
 import sys
 import time
+from typing import Sequence
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress as RichProgress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 
 class Progress:
-    def __init__(self, num_tasks: int, examples_per_task: int, first_task: int = 0, mode: str = "auto",
+    def __init__(self, num_tasks: int, task_examples: int | Sequence[int], first_task: int = 0, mode: str = "auto",
                  metric: str = "acc"):
-        """``metric``: what ``task_done`` reports ("acc": online accuracy; "err": online squared error)."""
-        self.num_tasks, self.per_task = num_tasks, examples_per_task
+        """``task_examples``: examples trained per task (one number, or one per task
+        when tasks grow, as class-incremental CIFAR's do); ``metric``: what
+        ``task_done`` reports ("acc": online accuracy; "err": online squared error)."""
+        sizes = [task_examples] * num_tasks if isinstance(task_examples, int) else list(task_examples)
+        self.num_tasks, self.sizes = num_tasks, sizes
         self.metric = metric
         self.console = Console(stderr=True)
         live = mode == "bar" or (mode == "auto" and sys.stderr.isatty())
@@ -31,8 +35,7 @@ class Progress:
                 TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=self.console, transient=False,
             )
             self.bar.start()
-            done = first_task * examples_per_task
-            self.id = self.bar.add_task("train", total=num_tasks * examples_per_task, completed=done,
+            self.id = self.bar.add_task("train", total=sum(sizes), completed=sum(sizes[:first_task]),
                                         task=first_task + 1, tasks=num_tasks, rate=0.0, acc="-")
 
     def rate(self) -> float:
@@ -50,7 +53,7 @@ class Progress:
             return
         every = max(1, self.num_tasks // 20)
         if not self.quiet and ((task + 1) % every == 0 or task + 1 == self.num_tasks):
-            remaining = (self.num_tasks - task - 1) * self.per_task / max(self.rate(), 1e-9)
+            remaining = sum(self.sizes[task + 1:]) / max(self.rate(), 1e-9)
             print(f"task {task + 1}/{self.num_tasks}  online {self.metric} {value:.3f}  {self.rate():.0f} ex/s  "
                   f"ETA {remaining:.0f} s", file=sys.stderr, flush=True)
 

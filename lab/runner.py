@@ -106,8 +106,7 @@ def run(cfg: DictConfig, out_dir: str | Path | None = None, resume: bool = False
     """
     ctx = open_run(cfg, out_dir, resume)
     stream = ctx.stream
-    per_task = stream.task(ctx.first_task).num_train * cfg.train.epochs if ctx.first_task < stream.num_tasks else 0
-    progress = Progress(stream.num_tasks, per_task, ctx.first_task, cfg.progress, progress_metric(stream))
+    progress = Progress(stream.num_tasks, task_examples(ctx), ctx.first_task, cfg.progress, progress_metric(stream))
     t_start = time.perf_counter()
     try:
         for k in range(ctx.first_task, stream.num_tasks):
@@ -118,6 +117,15 @@ def run(cfg: DictConfig, out_dir: str | Path | None = None, resume: bool = False
     finally:
         progress.close()
         close_all(ctx.sinks)
+
+
+def task_examples(ctx: RunContext) -> list[int]:
+    """Examples each task will train (its size x epochs), for progress and ETA."""
+    stream, first, epochs = ctx.stream, ctx.first_task, ctx.cfg.train.epochs
+    if stream.train_sizes is not None:
+        return [stream.train_size(k) * epochs for k in range(stream.num_tasks)]
+    size = stream.train_size(first) * epochs if first < stream.num_tasks else 0
+    return [size] * stream.num_tasks
 
 
 def progress_metric(stream: Stream) -> str:

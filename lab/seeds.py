@@ -29,7 +29,7 @@ from agents.stacked import StackedStep
 from lab import checkpoint
 from lab.progress import Progress
 from lab.runner import (NonFiniteLoss, RunContext, _emit, begin_task, default_out_dir, end_task, finish_run, open_run,
-                        progress_metric, save_checkpoint)
+                        progress_metric, save_checkpoint, task_examples)
 from lab.sinks import close_all
 from registry import ConfigError
 from streams import Task, task_rng
@@ -102,9 +102,9 @@ def own_rng(states: list[dict[str, Any]], i: int, full: bool = True) -> Iterator
 def _train_all(ctxs: list[RunContext], states: list[dict[str, Any]]) -> list[dict[str, Any]]:
     cfg, stream, first = ctxs[0].cfg, ctxs[0].stream, ctxs[0].first_task
     stack = StackedStep([c.agent for c in ctxs])
-    per_task = stream.task(first).num_train * cfg.train.epochs if first < stream.num_tasks else 0
-    progress = Progress(stream.num_tasks, per_task * len(ctxs), first, cfg.progress, progress_metric(stream))
-    quiet = Progress(stream.num_tasks, per_task, first, "off")
+    sizes = task_examples(ctxs[0])
+    progress = Progress(stream.num_tasks, [n * len(ctxs) for n in sizes], first, cfg.progress, progress_metric(stream))
+    quiet = Progress(stream.num_tasks, sizes, first, "off")
     t_start = time.perf_counter()
     try:
         for k in range(first, stream.num_tasks):

@@ -142,8 +142,13 @@ class IncrementalCIFAR100:
             return Task(id=k, x_train=x, y_train=y, x_test=test.x, y_test=test.y, classes=seen(k),
                         origin={"stream": "cifar100_incremental", "seed": seed, "task": k, "new_classes": new})
 
+        per_class = torch.bincount(y_tr[keep], minlength=100)
+
+        def train_size(k: int) -> int:
+            return int(per_class[list(seen(k)) if self.cumulative else order[k * cpt:(k + 1) * cpt]].sum())
+
         return Stream("cifar100_incremental", (3, 32, 32), 100, 100, num_tasks, "task", build_task, build_test,
-                      augment=random_crop_flip if self.augment else None)
+                      augment=random_crop_flip if self.augment else None, train_sizes=train_size)
 
     def _subsample(self, y: torch.Tensor) -> torch.Tensor:
         """Indices of the first ``train_per_class`` images of each class (all when null)."""

@@ -38,6 +38,8 @@ class Stream:
     squared error; no accuracy matrix). ``augment`` maps a training batch to
     an augmented one on its device (random crops and flips for CIFAR),
     drawing from torch's global generator, so it is seeded and resumable.
+    ``train_sizes(k)``: task k's training-set size where tasks differ in size
+    (for progress and ETA; otherwise every task is assumed as large as the first).
     """
 
     name: str
@@ -50,6 +52,11 @@ class Stream:
     build_test: Optional[Callable[[int], EvalSet]] = None
     target: str = "class"
     augment: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
+    train_sizes: Optional[Callable[[int], int]] = None
+
+    def train_size(self, k: int) -> int:
+        """Training examples of task ``k`` (without building it where the stream knows)."""
+        return self.train_sizes(k) if self.train_sizes is not None else self.task(k).num_train
 
     def task(self, k: int) -> Task:
         if not 0 <= k < self.num_tasks:

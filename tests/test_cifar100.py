@@ -38,6 +38,7 @@ def test_increments_are_cumulative_and_normalised(cifar_dir):
     i = raw[b"fine_labels"].index(int(t0.y_train[0]))
     pixel = raw[b"data"][i][1024 + 3 * 32 + 7] / 255.0  # green channel, row 3, column 7
     assert float(t0.x_train[0, 1, 3, 7]) == pytest.approx((pixel - MEAN[1]) / STD[1], rel=1e-5)
+    assert [s.train_size(k) for k in range(3)] == [s.task(k).num_train for k in range(3)] == [20, 40, 60]  # for the ETA
     only_new = IncrementalCIFAR100(cumulative=False).build(0, str(cifar_dir)).task(1)
     assert set(only_new.y_train.tolist()) == set(t1.classes) - set(t0.classes)
     assert IncrementalCIFAR100(train_per_class=2).build(0, str(cifar_dir)).task(0).x_train.shape[0] == 10
