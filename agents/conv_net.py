@@ -14,14 +14,12 @@ columns c*P .. c*P+P-1 of the first fc layer (P = pooled positions, 4 here).
 from __future__ import annotations
 
 import math
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from agents.activations import make_activation, width_factor
-from agents.networks import UnitLayer, networks
+from agents.networks import NetworkSpec, UnitLayer, networks
 from registry import ConfigError
 
 
@@ -36,30 +34,21 @@ class ConvNet(nn.Module):
     """Conv layers of ``channels`` (kernel 5 first, 3 after; each followed by the
     activation and a 2x2 max-pool), then fc layers of ``hidden`` widths and the head."""
 
-    def __init__(
-        self,
-        input_shape: tuple[int, ...],
-        hidden: list[int],
-        output_size: int,
-        activation: str = "relu",
-        activation_params: dict[str, Any] | None = None,
-        bias: bool = True,
-        layer_norm: bool = False,
-        channels: list[int] | None = None,
-    ):
+    def __init__(self, spec: NetworkSpec):
         super().__init__()
-        channels = list(channels or [32, 64, 128])
+        input_shape, hidden, channels, activation = tuple(spec.input_shape), list(spec.hidden), list(spec.channels), spec.activation
         if len(input_shape) != 3:
-            raise ConfigError("agent.network", "conv_net", f"an image stream (C, H, W input); this stream's input is {tuple(input_shape)}")
+            raise ConfigError("agent.network", "conv_net", f"an image stream (C, H, W input); this stream's input is {input_shape}")
         if not channels or any((not isinstance(c, int)) or c < 1 for c in channels):
             raise ConfigError("agent.channels", channels, "a non-empty list of positive channel counts")
         if not hidden or any((not isinstance(w, int)) or w < 1 for w in hidden):
-            raise ConfigError("agent.hidden", list(hidden), "a non-empty list of positive layer widths")
+            raise ConfigError("agent.hidden", hidden, "a non-empty list of positive layer widths")
         if width_factor(activation) != 1:
             raise ConfigError("activation", activation, "an activation that keeps the width (conv_net does not support CReLU/Fourier)")
-        if layer_norm:
+        if spec.layer_norm:
             raise ConfigError("agent.layer_norm", True, "false (conv_net has no normalisation layers)")
-        params = dict(activation_params or {})
+        bias, output_size = spec.bias, spec.output_size
+        params = dict(spec.activation_params)
         self.activation = activation
         kernels = [5] + [3] * (len(channels) - 1)
         sizes = [input_shape[0], *channels]
@@ -71,7 +60,7 @@ class ConvNet(nn.Module):
                     probe = F.max_pool2d(conv(probe), 2)
             except RuntimeError:
                 raise ConfigError("agent.channels", channels,
-                                  f"fewer conv layers for {tuple(input_shape)} inputs (the maps shrink to nothing)") from None
+                                  f"fewer conv layers for {input_shape} inputs (the maps shrink to nothing)") from None
         self.positions = int(probe.shape[2] * probe.shape[3])
         widths = [channels[-1] * self.positions, *hidden]
         fcs = [nn.Linear(i, o, bias=bias) for i, o in zip(widths, [*hidden, output_size])]

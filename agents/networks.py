@@ -7,7 +7,7 @@ and zero biases.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -17,10 +17,8 @@ from agents.activations import bias_init, init_gain, make_activation, width_fact
 from registry import ConfigError, Registry
 
 networks = Registry("network")
-"""Network builders by name (``agent.network``). A builder is called as
-``builder(input_shape, output_size, hidden=..., activation=..., activation_params=...,
-bias=..., layer_norm=..., channels=...)`` and returns a module with the lab's
-network contract:
+"""Network builders by name (``agent.network``): ``builder(spec: NetworkSpec)``
+returns a module with the lab's network contract:
 
 - ``layers``: its weight layers (Linear / Conv2d) in order, the head last;
   ``layer_names`` names them; ``init_bound(i)`` is layer i's init half-width;
@@ -29,6 +27,22 @@ network contract:
 - ``forward_features(x) -> (logits, [hidden outputs])``,
   ``forward_preactivations(x)``, ``unit_layers()``, ``reset_parameters()``.
 """
+
+
+@dataclass(frozen=True)
+class NetworkSpec:
+    """What a network is built from: the stream's input shape and output
+    size, and the ``agent``/``activation`` config (widths of the fully
+    connected hidden layers, conv channels for conv nets)."""
+
+    input_shape: tuple[int, ...]
+    output_size: int
+    hidden: list[int]
+    activation: str = "relu"
+    activation_params: dict[str, Any] = field(default_factory=dict)
+    bias: bool = True
+    layer_norm: bool = False
+    channels: list[int] = field(default_factory=lambda: [32, 64, 128])
 
 
 @dataclass
@@ -50,7 +64,6 @@ class UnitLayer:
     consecutive: bool = False
 
 
-@networks.register("mlp")
 class MLP(nn.Module):
     """``in -> [Linear -> (LayerNorm) -> act] x len(hidden) -> Linear -> out``.
 
@@ -68,9 +81,8 @@ class MLP(nn.Module):
         activation_params: dict[str, Any] | None = None,
         bias: bool = True,
         layer_norm: bool = False,
-        channels: list[int] | None = None,
     ):
-        """``input_size``: features, or an input shape (flattened); ``channels`` is unused (conv nets only)."""
+        """``input_size``: features, or an input shape (flattened)."""
         super().__init__()
         input_size = int(math.prod(input_size)) if isinstance(input_size, (tuple, list)) else int(input_size)
         if not hidden or any((not isinstance(w, int)) or w < 1 for w in hidden):
@@ -143,3 +155,10 @@ class MLP(nn.Module):
         for linear, norm, act in zip(self.layers[:-1], self.norms, self.acts):
             x = act(norm(linear(x)))
         return self.layers[-1](x)
+
+
+@networks.register("mlp")
+def mlp(spec: NetworkSpec) -> MLP:
+    """Dohare et al.'s MLP (the input flattened)."""
+    return MLP(spec.input_shape, spec.hidden, spec.output_size, spec.activation, spec.activation_params, spec.bias,
+               spec.layer_norm)

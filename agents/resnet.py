@@ -17,12 +17,10 @@ ResGnT handles it separately), so ``unit_layers`` refuses.
 from __future__ import annotations
 
 import math
-from typing import Any
-
 import torch
 from torch import nn
 
-from agents.networks import networks
+from agents.networks import NetworkSpec, networks
 from registry import ConfigError
 
 
@@ -30,27 +28,18 @@ from registry import ConfigError
 class ResNet18(nn.Module):
     """torchvision's ResNet-18 with a CIFAR stem and the lab's network contract."""
 
-    def __init__(
-        self,
-        input_shape: tuple[int, ...],
-        hidden: list[int],
-        output_size: int,
-        activation: str = "relu",
-        activation_params: dict[str, Any] | None = None,
-        bias: bool = True,
-        layer_norm: bool = False,
-        channels: list[int] | None = None,
-    ):
+    def __init__(self, spec: NetworkSpec):
         super().__init__()
         try:
             from torchvision.models import resnet18
         except ImportError as err:
             raise ConfigError("agent.network", "resnet18", f"torchvision installed (pip install torchvision): {err}") from None
+        input_shape = tuple(spec.input_shape)
         if len(input_shape) != 3:
-            raise ConfigError("agent.network", "resnet18", f"an image stream (C, H, W input); this stream's input is {tuple(input_shape)}")
-        if activation != "relu":
-            raise ConfigError("activation", activation, "relu (resnet18 uses torchvision's ReLU blocks)")
-        net = resnet18(num_classes=output_size)
+            raise ConfigError("agent.network", "resnet18", f"an image stream (C, H, W input); this stream's input is {input_shape}")
+        if spec.activation != "relu":
+            raise ConfigError("activation", spec.activation, "relu (resnet18 uses torchvision's ReLU blocks)")
+        net = resnet18(num_classes=spec.output_size)
         net.conv1 = nn.Conv2d(input_shape[0], 64, 3, 1, 1, bias=False)
         nn.init.kaiming_normal_(net.conv1.weight, mode="fan_out", nonlinearity="relu")
         net.maxpool = nn.Identity()

@@ -13,6 +13,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from agents import Agent, interventions, networks
+from agents.networks import NetworkSpec
 from agents.optimizers import make_optimizer
 from registry import ConfigError
 from streams import Stream, streams
@@ -55,9 +56,9 @@ def build_agent(cfg: DictConfig, stream: Stream, device: torch.device) -> Agent:
         raise ConfigError("agent.loss", cfg.agent.loss, f"mse (stream {stream.name} is a regression stream)")
     if stream.target == "class" and cfg.agent.loss == "mse":
         raise ConfigError("agent.loss", "mse", f"cross_entropy (stream {stream.name} has class labels)")
-    builder = networks.get(cfg.agent.network)
-    net = builder(stream.input_shape, list(cfg.agent.hidden), stream.output_size, activation=name, activation_params=act,
-                  bias=cfg.agent.bias, layer_norm=cfg.agent.layer_norm, channels=list(cfg.agent.channels)).to(device)
+    spec = NetworkSpec(tuple(stream.input_shape), stream.output_size, list(cfg.agent.hidden), name, act, cfg.agent.bias,
+                       cfg.agent.layer_norm, list(cfg.agent.channels))
+    net = networks.get(cfg.agent.network)(spec).to(device)
     opt = as_dict(cfg.agent.optimizer)
     optimizer = make_optimizer(net.parameters(), opt.pop("name"), opt.pop("lr"), **opt)
     if cfg.agent.kind == "avalanche":

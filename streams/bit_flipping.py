@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from registry import ConfigError
-from streams.stream import EvalSet, Stream, streams, task_rng
+from streams.stream import EvalSet, Stream, check_positive, streams, task_rng
 from streams.task import Task
 
 VARIANTS = ("flip_one", "new_pattern")
@@ -75,9 +75,7 @@ class BitFlipping:
 
     def __post_init__(self) -> None:
         for key in ("num_tasks", "flip_every", "inputs", "target_features"):
-            value = getattr(self, key)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ConfigError(f"stream.{key}", value, "a positive integer")
+            check_positive(key, getattr(self, key))
         if not 0 < self.slow_bits <= self.inputs:
             raise ConfigError("stream.slow_bits", self.slow_bits, f"an integer in 1..{self.inputs} (stream.inputs)")
         if self.variant not in VARIANTS:

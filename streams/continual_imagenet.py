@@ -20,7 +20,7 @@ import torch
 
 from registry import ConfigError, DataError
 from streams.imagenet32 import class_images, load_meta
-from streams.stream import EvalSet, Stream, streams, task_rng
+from streams.stream import EvalSet, Stream, check_positive, streams, task_rng
 from streams.task import Task
 
 
@@ -39,9 +39,7 @@ class ContinualImageNet:
 
     def __post_init__(self) -> None:
         for key in ("num_tasks", "train_per_class", "test_per_class"):
-            value = getattr(self, key)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ConfigError(f"stream.{key}", value, "a positive integer")
+            check_positive(key, getattr(self, key))
 
     def build(self, seed: int, data_root: str | None = None) -> Stream:
         meta = load_meta(data_root)

@@ -11,17 +11,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from registry import ConfigError
 from streams.sources import load_images
-from streams.stream import Stream, EvalSet, streams, task_rng
+from streams.stream import EvalSet, Stream, check_positive, streams, task_rng
 from streams.task import Task
-
-
-def _positive(name: str, value, allow_none: bool = False) -> None:
-    if value is None and allow_none:
-        return
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ConfigError(f"stream.{name}", value, "a positive integer" + (" or null" if allow_none else ""))
 
 
 @streams.register("permuted_mnist")
@@ -39,8 +31,8 @@ class PermutedMNIST:
     permute_first: bool = True
 
     def __post_init__(self) -> None:
-        _positive("num_tasks", self.num_tasks)
-        _positive("examples_per_task", self.examples_per_task, allow_none=True)
+        check_positive("num_tasks", self.num_tasks)
+        check_positive("examples_per_task", self.examples_per_task, allow_none=True)
 
     def build(self, seed: int, data_root: str | None = None) -> Stream:
         data = load_images(data_root)

@@ -13,9 +13,8 @@ from dataclasses import dataclass
 import torch
 
 from registry import ConfigError
-from streams.permuted import _positive
 from streams.sources import load_images
-from streams.stream import Stream, streams
+from streams.stream import Stream, check_positive, streams
 from streams.task import Task
 
 SCENARIOS = ("task", "domain", "class")
@@ -36,10 +35,10 @@ class SplitMNIST:
     normalize: bool = False
 
     def __post_init__(self) -> None:
-        _positive("num_tasks", self.num_tasks)
+        check_positive("num_tasks", self.num_tasks)
         if self.num_tasks > 5:
             raise ConfigError("stream.num_tasks", self.num_tasks, "1..5 (five digit pairs)")
-        _positive("examples_per_task", self.examples_per_task, allow_none=True)
+        check_positive("examples_per_task", self.examples_per_task, allow_none=True)
         if self.scenario not in SCENARIOS:
             raise ConfigError("stream.scenario", self.scenario, SCENARIOS)
 

@@ -13,7 +13,7 @@ import torch
 
 import numpy as np
 
-from registry import Registry
+from registry import ConfigError, Registry
 from streams.task import Task
 
 streams = Registry("stream")
@@ -76,6 +76,14 @@ class Stream:
 
     def __len__(self) -> int:
         return self.num_tasks
+
+
+def check_positive(name: str, value: object, allow_none: bool = False) -> None:
+    """A ConfigError on ``stream.<name>`` unless ``value`` is a positive integer (or None when allowed)."""
+    if value is None and allow_none:
+        return
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ConfigError(f"stream.{name}", value, "a positive integer" + (" or null" if allow_none else ""))
 
 
 def task_rng(seed: int, task_id: int, purpose: str = "") -> np.random.Generator:

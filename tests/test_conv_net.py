@@ -2,11 +2,16 @@
 import pytest
 import torch
 
-from agents.conv_net import ConvNet
+from agents.conv_net import ConvNet as _ConvNet
+from agents.networks import NetworkSpec
 from agents.interventions.cbp import WeightMagnitudes
 from agents.interventions.units import reset_units
 from agents.optimizers import make_optimizer
 from registry import ConfigError
+
+
+def ConvNet(input_shape, hidden, outputs, **kw):
+    return _ConvNet(NetworkSpec(input_shape, outputs, hidden, **kw))
 
 
 def net(**kw):

@@ -24,4 +24,14 @@ interventions = Registry("intervention")
 HOOKS = ("on_task_start", "before_step", "penalty", "after_step", "on_task_end")
 
 
-__all__ = ["interventions", "HOOKS"]
+def run_per_task(intervention: object, per_task: bool) -> None:
+    """Keep one of an intervention's two moments: ``on_task_start`` when
+    ``per_task``, otherwise ``after_step``; the other becomes None, which the
+    runner skips (so the unused one costs nothing per step)."""
+    if per_task:
+        intervention.after_step = None
+    else:
+        intervention.on_task_start = None
+
+
+__all__ = ["interventions", "HOOKS", "run_per_task"]

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from agents.agent import Agent, StepInfo
-from agents.interventions import interventions
+from agents.interventions import interventions, run_per_task
 
 if TYPE_CHECKING:
     from streams import Task
@@ -40,10 +40,7 @@ class Reset:
             raise ValueError(f"every must be 'task' or a positive number of steps, got {self.every!r}")
         if self.mode not in ("init", "zero"):
             raise ValueError(f"mode must be 'init' or 'zero', got {self.mode!r}")
-        if self.every == "task":
-            self.after_step = None  # the runner skips a hook that is not callable
-        else:
-            self.on_task_start = None
+        run_per_task(self, self.every == "task")
 
     def which(self, n_layers: int) -> range:
         k = {"head": 1, "all": n_layers}.get(self.layers) or min(int(self.layers), n_layers)

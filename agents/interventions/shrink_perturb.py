@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from agents.agent import Agent, StepInfo
-from agents.interventions import interventions
+from agents.interventions import interventions, run_per_task
 
 if TYPE_CHECKING:
     from streams import Task
@@ -41,10 +41,7 @@ class ShrinkPerturb:
             raise ValueError(f"noise_std must be >= 0, got {self.noise_std}")
         if self.at not in ("step", "task"):
             raise ValueError(f"at must be 'step' or 'task', got {self.at!r}")
-        if self.at == "task":
-            self.after_step = None  # the runner skips a hook that is not callable
-        else:
-            self.on_task_start = None
+        run_per_task(self, self.at == "task")
 
     @torch.no_grad()
     def after_step(self, agent: Agent, info: StepInfo) -> None:
