@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from registry import ConfigError, DataError
+from registry import DataError
 from streams.imagenet32 import class_images, load_meta
 from streams.stream import EvalSet, Stream, check_positive, streams, task_rng
 from streams.task import Task
