@@ -36,6 +36,8 @@ class StackedStep:
         self.derivative = first.derivative
         self.act_params = first.act_params
         self.acts = first.model.acts
+        self._mask_key: list | None = None
+        self._masks: torch.Tensor | None = None
         self.weights: list[torch.Tensor] = []
         self.biases: list[torch.Tensor | None] = []
         for i, layer in enumerate(first.model.layers):
@@ -49,12 +51,17 @@ class StackedStep:
                     a.model.layers[i].bias.data = self.biases[-1][n]
 
     def masks(self) -> torch.Tensor | None:
-        """(N, 1, out) head masks of the seeds (None when no seed masks its logits)."""
-        if all(a._mask is None for a in self.agents):
-            return None
-        out = self.weights[-1].shape[1]
-        zero = torch.zeros(out, device=self.weights[-1].device, dtype=self.weights[-1].dtype)
-        return torch.stack([zero if a._mask is None else a._mask for a in self.agents])[:, None, :]
+        """(N, 1, out) head masks of the seeds (None when no seed masks its logits),
+        stacked again only when a seed's mask changed (at a task start), not every step."""
+        current = [a._mask for a in self.agents]
+        if self._mask_key is None or any(m is not k for m, k in zip(current, self._mask_key)):
+            self._mask_key = current  # the mask objects themselves: kept alive, so compared by identity safely
+            if all(a._mask is None for a in self.agents):
+                self._masks = None
+            else:
+                zero = torch.zeros_like(self.weights[-1][0, :, 0])
+                self._masks = torch.stack([zero if a._mask is None else a._mask for a in self.agents])[:, None, :]
+        return self._masks
 
     @torch.no_grad()
     def step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,

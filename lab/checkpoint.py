@@ -52,7 +52,7 @@ def save(directory: Path, payload: dict[str, Any]) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     path, tmp = directory / LAST, directory / (LAST + ".tmp")
     with open(tmp, "wb") as f:
-        torch.save(compact(payload), f)
+        torch.save(payload, f)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)

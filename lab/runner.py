@@ -179,7 +179,7 @@ def save_checkpoint(ctx: RunContext, k: int) -> None:
     if not ctx.cfg.train.checkpoint:
         return
     checkpoint.save(ctx.out / "checkpoints", {
-        "agent": ctx.agent.state_dict(),
+        "agent": checkpoint.compact(ctx.agent.state_dict()),
         "interventions": [w.state_dict() if hasattr(w, "state_dict") else None for w in ctx.watchers],
         "rng": checkpoint.rng_state(), "next_task": k + 1, "step": ctx.step, "results": ctx.results.to_dict(),
         "jsonl_offset": ctx.jsonl.offset(), "wandb_id": ctx.wandb.run_id if ctx.wandb else None,
@@ -267,8 +267,7 @@ def _train_epochs(ctx: RunContext, task: Task, progress: Progress, device: torch
     loss_sum = torch.zeros((), device=device)
     n, seen, read = task.num_train, 0, (0, 0.0, 0)
     for epoch in range(cfg.train.epochs):
-        g = torch.Generator().manual_seed(int(task_rng(cfg.seed, task.id, f"order{epoch}").integers(2**62)))
-        order = torch.randperm(n, generator=g).to(device)
+        order = epoch_order(cfg.seed, task.id, epoch, n).to(device)
         xs, ys = task.x_train[order], task.y_train[order]
         for i in range(0, n, bs):
             xb, yb = xs[i:i + bs], ys[i:i + bs]
@@ -302,16 +301,28 @@ def _train_delegated(ctx: RunContext, task: Task, progress: Progress) -> tuple[f
     return correct, loss, seen
 
 
+def epoch_order(seed: int, task_id: int, epoch: int, n: int) -> torch.Tensor:
+    """The order of a task's n examples in one epoch, from (seed, task, epoch) alone."""
+    g = torch.Generator().manual_seed(int(task_rng(seed, task_id, f"order{epoch}").integers(2**62)))
+    return torch.randperm(n, generator=g)
+
+
+def check_finite(ctx: RunContext, loss: float, task_id: int) -> None:
+    """NonFiniteLoss naming the step, the kept checkpoint and the learning rate, if ``loss`` is NaN or infinite."""
+    if math.isfinite(loss):
+        return
+    kept = (f"the last checkpoint (end of task {task_id - 1}) is kept in {ctx.out / 'checkpoints'}"
+            if task_id > 0 else "no task had finished, so there is no checkpoint")
+    raise NonFiniteLoss(f"the training loss became {loss} at step {ctx.step} (task {task_id}); {kept}; "
+                        f"try a smaller agent.optimizer.lr (now {ctx.cfg.agent.optimizer.lr})")
+
+
 def _log_window(ctx: RunContext, task_id: int, correct: torch.Tensor, loss_sum: torch.Tensor, seen: int,
                 read: tuple[int, float, int], progress: Progress, record: bool = True) -> tuple[int, float, int]:
     """Read the accumulators (the loop's only host sync), check the loss is
     finite and emit the window's record. Returns the new read-out."""
     c, l = int(correct.item()), float(loss_sum.item())
-    if not math.isfinite(l):
-        kept = (f"the last checkpoint (end of task {task_id - 1}) is kept in {ctx.out / 'checkpoints'}"
-                if task_id > 0 else "no task had finished, so there is no checkpoint")
-        raise NonFiniteLoss(f"the training loss became {l} at step {ctx.step} (task {task_id}); {kept}; "
-                            f"try a smaller agent.optimizer.lr (now {ctx.cfg.agent.optimizer.lr})")
+    check_finite(ctx, l, task_id)
     dn = seen - read[2]
     if dn:
         progress.advance(dn, task_id)

@@ -28,11 +28,11 @@ from agents.fused import FusedAgent
 from agents.stacked import StackedStep
 from lab import checkpoint
 from lab.progress import Progress
-from lab.runner import (NonFiniteLoss, RunContext, _emit, begin_task, default_out_dir, end_task, finish_run, open_run,
-                        progress_metric, save_checkpoint, task_examples)
+from lab.runner import (RunContext, _emit, begin_task, check_finite, default_out_dir, end_task, epoch_order, finish_run,
+                        open_run, progress_metric, save_checkpoint, task_examples)
 from lab.sinks import close_all
 from registry import ConfigError
-from streams import Task, task_rng
+from streams import Task
 
 
 def check_seeds(seeds: Any) -> list[int]:
@@ -139,7 +139,7 @@ def _train_task(ctxs: list[RunContext], tasks: list[Task], stack: StackedStep, s
     loss_sum = torch.zeros(len(ctxs), device=device)
     seen, read = 0, ([0] * len(ctxs), [0.0] * len(ctxs), 0)
     for epoch in range(cfg.train.epochs):
-        orders = [_order(c.cfg.seed, t.id, epoch, n).to(device) for c, t in zip(ctxs, tasks)]
+        orders = [epoch_order(c.cfg.seed, t.id, epoch, n).to(device) for c, t in zip(ctxs, tasks)]
         xs = torch.stack([t.x_train[o] for t, o in zip(tasks, orders)])
         ys = torch.stack([t.y_train[o] for t, o in zip(tasks, orders)])
         for i in range(0, n, bs):
@@ -165,12 +165,6 @@ def _train_task(ctxs: list[RunContext], tasks: list[Task], stack: StackedStep, s
     return [(c, l, seen) for c, l in zip(read[0], read[1])]
 
 
-def _order(seed: int, task_id: int, epoch: int, n: int) -> torch.Tensor:
-    """The seed's example order for this epoch: the same draw as runner._train_epochs."""
-    g = torch.Generator().manual_seed(int(task_rng(seed, task_id, f"order{epoch}").integers(2**62)))
-    return torch.randperm(n, generator=g)
-
-
 def _before(ctxs: list[RunContext], states: list[dict[str, Any]], xb: torch.Tensor, yb: torch.Tensor,
             augment: Any) -> torch.Tensor:
     """Per-seed augmentation and ``before_step`` hooks, each with the seed's generator."""
@@ -190,10 +184,7 @@ def _log_windows(ctxs: list[RunContext], tasks: list[Task], correct: torch.Tenso
     """Read every seed's accumulators with one device sync; check the losses; emit each seed's window."""
     c, l = correct.tolist(), loss_sum.tolist()
     for ctx, task, loss in zip(ctxs, tasks, l):
-        if loss != loss or loss in (float("inf"), float("-inf")):
-            raise NonFiniteLoss(f"seed {ctx.cfg.seed}: the training loss became {loss} at step {ctx.step} "
-                                f"(task {task.id}); every seed's last checkpoint is kept under {ctx.out.parent}; "
-                                f"try a smaller agent.optimizer.lr (now {ctx.cfg.agent.optimizer.lr})")
+        check_finite(ctx, loss, task.id)
     dn = seen - read[2]
     if dn:
         progress.advance(dn * len(ctxs), tasks[0].id)

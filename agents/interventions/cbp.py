@@ -210,11 +210,10 @@ class WeightMagnitudes:
         """mean_k |W_next[k, j]| per unit j (over all columns the unit feeds)."""
         w = layer.outgoing.weight
         units = layer.incoming.weight.shape[0]
-        if w.dim() > 2:  # conv: over out-channels and kernel positions
-            per_column = w.abs().transpose(0, 1).flatten(1).mean(1)
-        else:
-            a = self.absolute(w)
-            per_column = a.new_full((a.shape[0],), 1.0 / a.shape[0]) @ a
+        a = self.absolute(w)
+        per_column = a.new_full((a.shape[0],), 1.0 / a.shape[0]) @ a
+        if w.dim() > 2:  # conv: (in-channel, kernel position) columns -> mean over the kernel positions too
+            per_column = per_column.view(w.shape[1], -1).mean(1)
         if per_column.shape[0] != units:  # several columns per unit: CReLU's blocks or a conv's positions
             per_column = per_column.view(units, -1).mean(1) if layer.consecutive else per_column.view(-1, units).mean(0)
         return per_column
