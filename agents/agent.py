@@ -32,7 +32,10 @@ class StepInfo:
     ``features``: post-activation output of each hidden layer from the
     pre-update forward pass (what continual backprop's utility reads);
     ``grads``: for paths that never materialise parameter gradients (the
-    fused one), a function that builds them on demand (weight, bias per layer).
+    fused one), a function that builds them on demand (weight, bias per layer);
+    ``weight_abs_sums``: when the fused path was asked for them
+    (agents/abs_sums.py), per weight layer the row and column sums of its
+    updated |W|, computed in the update's own pass.
     """
 
     x: torch.Tensor
@@ -42,6 +45,7 @@ class StepInfo:
     correct: torch.Tensor
     features: list[torch.Tensor] = field(default_factory=list)
     grads: Optional[Callable[[], list[torch.Tensor]]] = None
+    weight_abs_sums: Optional[list[tuple[torch.Tensor, torch.Tensor]]] = None
 
     @property
     def batch_size(self) -> int:
@@ -98,6 +102,11 @@ class Agent:
         logits = logits.detach()
         correct = (logits.argmax(1) == y).sum() if self.loss_name == "cross_entropy" else torch.zeros((), dtype=torch.long, device=y.device)
         return StepInfo(x, y, logits, loss.detach(), correct, [f.detach() for f in feats])
+
+    def flush_updates(self) -> None:
+        """Make the model's parameters current. A no-op here; the fused agent
+        may keep SGD updates pending between steps (agents/pending.py) and
+        applies them now. The runner calls it when a task's training ends."""
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor, classes: tuple[int, ...] | None = None) -> torch.Tensor:

@@ -61,17 +61,46 @@ def fused_reason(agent: Agent, penalty_owners: list[Any]) -> str | None:
 class FusedAgent(Agent):
     """An Agent whose ``observe`` is the fused SGD step (see module docstring)."""
 
-    def __init__(self, agent: Agent, extra_decay: float = 0.0):
+    def __init__(self, agent: Agent, extra_decay: float = 0.0, deferred_updates: int = 0,
+                 weight_abs_sums: bool = False):
+        """``deferred_updates``: how many examples' updates may stay pending
+        (agents/pending.py; 0 applies each at once). Only for runs where nothing
+        reads the weights between steps: lab/build.py decides.
+        ``weight_abs_sums``: report the row and column sums of each updated |W|
+        in ``StepInfo`` (agents/abs_sums.py), for continual backprop."""
         super().__init__(agent.model, agent.optimizer, agent.loss_name)
         self._mask = agent._mask
         self.extra_decay = extra_decay
+        self.deferred_updates = deferred_updates
+        self.weight_abs_sums = weight_abs_sums
         self.act_params = [getattr(a, "params", {}) for a in self.model.acts]
         self.derivative = DERIVATIVES[self.model.activation]
-        self._stack: StackedStep | None = None  # built at the first step (vectorised seeds build their own)
+        self._stack: StackedStep | None = None  # built at the first step, or by the vectorised seeds' group
+
+    def flush_updates(self) -> None:
+        if self._stack is not None:
+            self._stack.flush()
+
+    def predict(self, x: torch.Tensor, classes: tuple[int, ...] | None = None) -> torch.Tensor:
+        self.flush_updates()
+        return super().predict(x, classes)
+
+    def features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        self.flush_updates()
+        return super().features(x)
+
+    def state_dict(self) -> dict:
+        self.flush_updates()
+        return super().state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.flush_updates()
+        super().load_state_dict(state)
 
     def observe(self, x: torch.Tensor, y: torch.Tensor) -> StepInfo:
         """The fused step as a stack of one seed (agents/stacked.py), so a run
-        alone and the same seed among vectorised seeds do the same arithmetic."""
+        alone and the same seed among vectorised seeds do the same arithmetic
+        (a seed in a vectorised group is stepped by the group, lab/seeds.py)."""
         if self._stack is None:
             self._stack = StackedStep([self])
         xs, ys = x[None], y[None]

@@ -109,7 +109,10 @@ def use_fast_path(cfg: DictConfig, agent: Agent, ivs: list[Any]) -> Agent:
         return agent
     reason = fused_reason(agent, [iv for iv in ivs if hasattr(iv, "penalty")])
     if reason is None:
-        return FusedAgent(agent, extra_decay=sum(iv.decay for iv in ivs if hasattr(iv, "decay")))
+        per_step = any(hasattr(iv, "before_step") or hasattr(iv, "after_step") for iv in ivs)
+        return FusedAgent(agent, extra_decay=sum(iv.decay for iv in ivs if hasattr(iv, "decay")),
+                          deferred_updates=0 if per_step else cfg.train.deferred_updates,
+                          weight_abs_sums=any(getattr(iv, "needs_weight_abs_sums", False) for iv in ivs))
     if mode == "true":
         raise ConfigError("train.fast", True, f"a run the fused path supports; this one has {reason}")
     return agent
@@ -121,6 +124,8 @@ def check_train(cfg: DictConfig) -> None:
     for key in ("batch_size", "epochs", "eval_every", "log_every"):
         if t[key] < 1:
             raise ConfigError(f"train.{key}", t[key], "a positive integer")
+    if t.deferred_updates < 0:
+        raise ConfigError("train.deferred_updates", t.deferred_updates, "an integer >= 0 (0: apply each update at once)")
     if t.eval_window is not None and t.eval_window < 1:
         raise ConfigError("train.eval_window", t.eval_window, "a positive integer or null (all tasks seen)")
     if cfg.progress not in ("auto", "bar", "lines", "off"):

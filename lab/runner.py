@@ -284,6 +284,7 @@ def _train_epochs(ctx: RunContext, task: Task, progress: Progress, device: torch
             seen += yb.shape[0]
             if ctx.step % log_every == 0:
                 read = _log_window(ctx, task.id, correct, loss_sum, seen, read, progress)
+    agent.flush_updates()
     read = _log_window(ctx, task.id, correct, loss_sum, seen, read, progress, record=False)
     return read[0], read[1], seen
 

@@ -161,6 +161,7 @@ def _train_task(ctxs: list[RunContext], tasks: list[Task], stack: StackedStep, s
             seen += yb.shape[1]
             if ctxs[0].step % log_every == 0:
                 read = _log_windows(ctxs, tasks, correct, loss_sum, seen, read, progress)
+    stack.flush()
     read = _log_windows(ctxs, tasks, correct, loss_sum, seen, read, progress, record=False)
     return [(c, l, seen) for c, l in zip(read[0], read[1])]
 

@@ -13,7 +13,9 @@ BASE = ["wandb.enabled=false", "progress=off", "agent.hidden=[32,16]", "stream.n
     ["interventions=[shrink_perturb]", "interventions.shrink_perturb.shrink=1e-4", "interventions.shrink_perturb.noise_std=1e-3"],
     ["interventions=[cbp]", "interventions.cbp.replacement_rate=0.01", "interventions.cbp.maturity_threshold=20"],
     ["agent.optimizer.weight_decay=1e-3", "activation=tanh", "train.batch_size=1"],
-], ids=["backprop", "l2", "shrink_perturb", "cbp", "tanh_wd_batch1"])
+    ["interventions=[cbp]", "interventions.cbp.replacement_rate=0.01", "interventions.cbp.maturity_threshold=20",
+     "train.batch_size=1", "stream.examples_per_task=100"],
+], ids=["backprop", "l2", "shrink_perturb", "cbp", "tanh_wd_batch1", "cbp_batch1_fused_sums"])
 def test_fused_matches_autograd(extra, tiny_run, tmp_path):
     slow = tiny_run(*extra, "train.fast=false", base=BASE, out="slow")
     fast = tiny_run(*extra, "train.fast=true", base=BASE, out="fast")
@@ -23,11 +25,11 @@ def test_fused_matches_autograd(extra, tiny_run, tmp_path):
     a = torch.load(tmp_path / "slow/checkpoints/last.pt", weights_only=False)
     b = torch.load(tmp_path / "fast/checkpoints/last.pt", weights_only=False)
     for k, v in a["agent"]["model"].items():  # float32 rounding drifts over hundreds of steps (exact in float64: below)
-        assert torch.allclose(v, b["agent"]["model"][k], atol=2e-3), (k, float((v - b["agent"]["model"][k]).abs().max()))
+        assert torch.allclose(v, b["agent"]["model"][k], atol=5e-3), (k, float((v - b["agent"]["model"][k]).abs().max()))
     if "interventions=[cbp]" in extra:
         ages = lambda ck: [l["age"] for l in ck["interventions"][1]["layers"]]
         assert all(torch.equal(x, y) for x, y in zip(ages(a), ages(b)))  # the same units were replaced
-        assert min(int(l.max()) for l in ages(a)) < 600  # and some were (ages restarted)
+        assert all(int(l.min()) < a["step"] for l in ages(a))  # and some were, in every layer (ages restarted)
 
 
 @pytest.mark.parametrize("act", ["relu", "tanh", "sigmoid", "leaky_relu", "linear"])
@@ -73,6 +75,53 @@ def test_one_fused_mse_step_equals_one_autograd_step():
         assert float(a.loss) == pytest.approx(float(b.loss), rel=1e-12)
         for p, q in zip(net.parameters(), twin.parameters()):
             assert torch.allclose(p, q, atol=1e-12)
+
+
+@pytest.mark.parametrize("act", ["relu", "tanh"])
+@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize("wd", [0.0, 0.01])
+def test_deferred_updates_equal_autograd_steps_in_float64(act, batch, wd):
+    """agents/pending.py: updates kept as U V^T and flushed every 8 examples
+    (here mid-stream, 40 steps of batch 1 or 3) give autograd SGD's weights,
+    losses and features at every step."""
+    import copy
+
+    from agents import MLP, Agent
+    from agents.fused import FusedAgent
+    from agents.optimizers import make_optimizer
+
+    torch.manual_seed(0)
+    net = MLP(6, [5, 4], 3, activation=act).double()
+    twin = copy.deepcopy(net)
+    slow = Agent(net, make_optimizer(net.parameters(), "sgd", 0.1, weight_decay=wd))
+    fast = FusedAgent(Agent(twin, make_optimizer(twin.parameters(), "sgd", 0.1, weight_decay=wd)), deferred_updates=8)
+    for step in range(40):
+        x, y = torch.randn(batch, 6, dtype=torch.float64), torch.randint(0, 3, (batch,))
+        a, b = slow.observe(x, y), fast.observe(x, y)
+        assert float(a.loss) == pytest.approx(float(b.loss), rel=1e-10), step
+        assert all(torch.allclose(f, g, atol=1e-10) for f, g in zip(a.features, b.features)), step
+    assert 0 < fast._stack.pending.count <= 8  # compared above with updates pending, after earlier flushes
+    fast.flush_updates()
+    assert fast._stack.pending.count == 0 and fast._stack.pending.scale == 1.0
+    for p, q in zip(net.parameters(), twin.parameters()):
+        assert torch.allclose(p, q, atol=1e-10)
+
+
+def test_deferred_updates_are_applied_before_the_weights_are_read(tiny_run, tmp_path):
+    """A run defers (no per-step intervention) and still checkpoints, evaluates
+    and measures the current weights: its records equal the undeferred run's to float rounding."""
+    on = tiny_run("train.batch_size=1", base=BASE, out="on")
+    off = tiny_run("train.batch_size=1", "train.deferred_updates=0", base=BASE, out="off")
+    assert on["online_accuracy"] == pytest.approx(off["online_accuracy"], abs=0.01)
+    for row_on, row_off in zip(on["acc_matrix"], off["acc_matrix"]):
+        assert row_on == pytest.approx(row_off, abs=0.01)
+    a = torch.load(tmp_path / "on/checkpoints/last.pt", weights_only=False)["agent"]["model"]
+    b = torch.load(tmp_path / "off/checkpoints/last.pt", weights_only=False)["agent"]["model"]
+    for k, v in a.items():
+        assert torch.allclose(v, b[k], atol=1e-4), k
+    assert on["diagnostics"].keys() == off["diagnostics"].keys()
+    for name, series in on["diagnostics"].items():  # measured at task starts on the flushed weights
+        assert [v for _, v in series] == pytest.approx([v for _, v in off["diagnostics"][name]], rel=1e-2, abs=1e-3), name
 
 
 def test_fast_true_says_why_it_cannot_run(tiny_run):

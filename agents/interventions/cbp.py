@@ -85,6 +85,11 @@ class ContinualBackprop:
         if self.util_type not in UTIL_TYPES:
             raise ValueError(f"util_type must be one of {', '.join(UTIL_TYPES)}; got {self.util_type!r}")
 
+    @property
+    def needs_weight_abs_sums(self) -> bool:
+        """Asks the fused path for each step's |W| row/column sums (agents/abs_sums.py)."""
+        return self.util_type != "random"
+
     def on_run_start(self, agent: Agent) -> None:
         self.layers = []
         for layer in agent.model.unit_layers():
@@ -97,7 +102,7 @@ class ContinualBackprop:
     def after_step(self, agent: Agent, info: StepInfo) -> dict | None:
         """Utilities of every layer are computed from this step's weights (before
         any replacement in this step, as the reference GnT does), then units replaced."""
-        self._mags.new_step()
+        self._mags.new_step(info.weight_abs_sums, agent.model.layers)
         if self._units is None:
             self._units = agent.model.unit_layers()
         replaced = {}
@@ -177,18 +182,24 @@ class ContinualBackprop:
 
 
 class WeightMagnitudes:
-    """|W| of each weight matrix, computed at most once per step into a buffer
-    kept across steps (no per-step allocation that scales with the model); row
-    means are contiguous sums, column means a BLAS vector-matrix product. A hidden
-    layer's incoming matrix is the previous layer's outgoing one, so each
-    matrix is read once per step however many units' utilities use it."""
+    """Mean |W| per unit, in and out. A fused step that updated the weights
+    hands over the row and column sums of the new |W| it computed in that pass
+    (``StepInfo.weight_abs_sums``, agents/abs_sums.py); otherwise |W| is
+    computed here at most once per matrix per step, into a buffer kept across
+    steps (row sums contiguous, column sums a BLAS vector-matrix product). A
+    hidden layer's incoming matrix is the previous layer's outgoing one, so
+    each matrix is read once per step however many utilities use it."""
 
     def __init__(self) -> None:
         self._buffers: dict[int, torch.Tensor] = {}
         self._fresh: set[int] = set()
+        self._given: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
-    def new_step(self) -> None:
+    def new_step(self, sums: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
+                 layers: list | None = None) -> None:
+        """Forget last step's |W|; ``sums`` (per weight layer of ``layers``) are this step's, if given."""
         self._fresh.clear()
+        self._given = {} if sums is None else {id(layer.weight): s for layer, s in zip(layers, sums)}
 
     def absolute(self, w: torch.Tensor) -> torch.Tensor:
         w2 = w.flatten(1) if w.dim() > 2 else w
@@ -203,15 +214,23 @@ class WeightMagnitudes:
 
     def incoming(self, layer) -> torch.Tensor:
         """mean_i |W_cur[j, i]| per unit j (a contiguous row sum: ~4x faster than the mat-vec here)."""
-        a = self.absolute(layer.incoming.weight)
+        w = layer.incoming.weight
+        given = self._given.get(id(w))
+        if given is not None:
+            return given[0] / w.shape[1]
+        a = self.absolute(w)
         return a.sum(1).div_(a.shape[1])
 
     def outgoing(self, layer) -> torch.Tensor:
         """mean_k |W_next[k, j]| per unit j (over all columns the unit feeds)."""
         w = layer.outgoing.weight
         units = layer.incoming.weight.shape[0]
-        a = self.absolute(w)
-        per_column = a.new_full((a.shape[0],), 1.0 / a.shape[0]) @ a
+        given = self._given.get(id(w))
+        if given is not None:
+            per_column = given[1] / w.shape[0]
+        else:
+            a = self.absolute(w)
+            per_column = a.new_full((a.shape[0],), 1.0 / a.shape[0]) @ a
         if w.dim() > 2:  # conv: (in-channel, kernel position) columns -> mean over the kernel positions too
             per_column = per_column.view(w.shape[1], -1).mean(1)
         if per_column.shape[0] != units:  # several columns per unit: CReLU's blocks or a conv's positions

@@ -1,0 +1,38 @@
+"""The fused SGD update + |W| row/column sums (agents/abs_sums.py) against PyTorch's separate ops."""
+import shutil
+
+import pytest
+import torch
+
+from agents import abs_sums
+
+
+@pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None, reason="no C++ compiler here")
+def test_the_kernel_builds_where_a_compiler_is():
+    assert abs_sums.kernel() is not None, abs_sums._failed
+
+
+@pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-5), (torch.float64, 1e-12)])
+@pytest.mark.parametrize("shape", [(7, 13), (300, 37), (10, 2000)])
+@pytest.mark.parametrize("factor", [1.0, 0.999])
+def test_update_and_sums_equal_the_separate_ops(dtype, tol, shape, factor):
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(*shape, generator=g, dtype=dtype)
+    d, h = torch.randn(shape[0], generator=g, dtype=dtype), torch.rand(shape[1], generator=g, dtype=dtype)
+    expected = w.clone().addr_(d, h, beta=factor, alpha=-0.1)
+    rows, cols = torch.empty(shape[0], dtype=dtype), torch.empty(shape[1], dtype=dtype)
+    abs_sums.update_with_abs_sums(w, d, h, 0.1, factor, rows, cols)
+    assert torch.allclose(w, expected, rtol=tol, atol=tol)
+    assert torch.allclose(rows, expected.abs().sum(1), rtol=tol)
+    assert torch.allclose(cols, expected.abs().sum(0), rtol=tol)
+
+
+def test_a_strided_view_takes_the_pytorch_ops_and_agrees():
+    """A non-contiguous weight (e.g. a transposed view) is updated by ``addr_``: same result."""
+    w = torch.randn(20, 30).t()
+    d, h = torch.randn(30), torch.rand(20)
+    expected = w.clone().addr_(d, h, alpha=-0.1)
+    rows, cols = torch.empty(30), torch.empty(20)
+    abs_sums.update_with_abs_sums(w, d, h, 0.1, 1.0, rows, cols)
+    assert torch.allclose(w, expected) and torch.allclose(rows, expected.abs().sum(1))
+    assert torch.allclose(cols, expected.abs().sum(0))
