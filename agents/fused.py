@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from agents.agent import Agent, StepInfo
+from agents.cuda_graph import graphed
 from agents.stacked import StackedStep
 
 DERIVATIVES = {
@@ -62,17 +63,21 @@ class FusedAgent(Agent):
     """An Agent whose ``observe`` is the fused SGD step (see module docstring)."""
 
     def __init__(self, agent: Agent, extra_decay: float = 0.0, deferred_updates: int = 0,
-                 weight_abs_sums: bool = False):
+                 weight_abs_sums: bool = False, cuda_graphs: bool = False):
         """``deferred_updates``: how many examples' updates may stay pending
         (agents/pending.py; 0 applies each at once). Only for runs where nothing
         reads the weights between steps: lab/build.py decides.
         ``weight_abs_sums``: report the row and column sums of each updated |W|
-        in ``StepInfo`` (agents/abs_sums.py), for continual backprop."""
+        in ``StepInfo`` (agents/abs_sums.py), for continual backprop.
+        ``cuda_graphs``: replay the step as a CUDA graph when the weights are
+        on a GPU (agents/cuda_graph.py)."""
         super().__init__(agent.model, agent.optimizer, agent.loss_name)
         self._mask = agent._mask
         self.extra_decay = extra_decay
         self.deferred_updates = deferred_updates
         self.weight_abs_sums = weight_abs_sums
+        self.cuda_graphs = cuda_graphs
+        self._stepper: Any = None
         self.act_params = [getattr(a, "params", {}) for a in self.model.acts]
         self.derivative = DERIVATIVES[self.model.activation]
         self._stack: StackedStep | None = None  # built at the first step, or by the vectorised seeds' group
@@ -101,7 +106,7 @@ class FusedAgent(Agent):
         """The fused step as a stack of one seed (agents/stacked.py), so a run
         alone and the same seed among vectorised seeds do the same arithmetic
         (a seed in a vectorised group is stepped by the group, lab/seeds.py)."""
-        if self._stack is None:
-            self._stack = StackedStep([self])
+        if self._stepper is None:
+            self._stepper = graphed(StackedStep([self]), self.cuda_graphs)
         xs, ys = x[None], y[None]
-        return self._stack.info(0, xs, ys, *self._stack.step(xs, ys))
+        return self._stepper.info(0, xs, ys, *self._stepper.step(xs, ys))

@@ -8,7 +8,10 @@ backprop on each (the paper's cfg: adaptable contribution, decay 0.99, maturity 
 replacement rate 1e-4). All measured
 in one process, alternating, median of repeats. Last line: JSON.
 
-    python benchmarks/online_step.py [--steps 300] [--repeats 3] [--width 2000]
+    python benchmarks/online_step.py [--steps 300] [--repeats 3] [--width 2000] [--device cuda]
+
+On a GPU the fused agents replay their step as a CUDA graph (agents/cuda_graph.py)
+and do not defer updates, as ``lab run device=cuda`` does.
 """
 from __future__ import annotations
 
@@ -25,15 +28,15 @@ from agents.fused import FusedAgent
 from agents.optimizers import make_optimizer
 
 
-def make(width: int, seed: int = 0) -> Agent:
+def make(width: int, seed: int = 0, device: str = "cpu") -> Agent:
     torch.manual_seed(seed)
-    net = MLP(784, [width] * 3, 10)
+    net = MLP(784, [width] * 3, 10).to(device)
     return Agent(net, make_optimizer(net.parameters(), "sgd", 0.003))
 
 
 def plain_loop(agent: Agent, x: torch.Tensor, y: torch.Tensor) -> float:
     model, opt = agent.model, agent.optimizer
-    correct = torch.zeros((), dtype=torch.long)
+    correct = torch.zeros((), dtype=torch.long, device=y.device)
     t0 = time.perf_counter()
     for i in range(len(y)):
         out = model(x[i:i + 1])
@@ -47,8 +50,8 @@ def plain_loop(agent: Agent, x: torch.Tensor, y: torch.Tensor) -> float:
 
 
 def lab_loop(agent: Agent, x: torch.Tensor, y: torch.Tensor, hooks: list) -> float:
-    correct = torch.zeros((), dtype=torch.long)
-    loss_sum = torch.zeros(())
+    correct = torch.zeros((), dtype=torch.long, device=y.device)
+    loss_sum = torch.zeros((), device=y.device)
     t0 = time.perf_counter()
     for i in range(len(y)):
         info = agent.observe(x[i:i + 1], y[i:i + 1])
@@ -65,13 +68,18 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--width", type=int, default=2000)
+    parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
+    dev, gpu = args.device, args.device.startswith("cuda")
     g = torch.Generator().manual_seed(0)
-    x, y = torch.rand(args.steps, 784, generator=g), torch.randint(0, 10, (args.steps,), generator=g)
-    plain, lab, cbp = make(args.width), make(args.width), make(args.width)
-    # as lab/build.py makes them: deferred updates without per-step interventions, |W| sums for CBP
-    fused, fused_now, fused_cbp = (FusedAgent(make(args.width), deferred_updates=16), FusedAgent(make(args.width)),
-                                   FusedAgent(make(args.width), weight_abs_sums=True))
+    x, y = torch.rand(args.steps, 784, generator=g).to(dev), torch.randint(0, 10, (args.steps,), generator=g).to(dev)
+    plain, lab, cbp = make(args.width, device=dev), make(args.width, device=dev), make(args.width, device=dev)
+    # as lab/build.py makes them: deferred updates without per-step interventions (not on a GPU: graphs there),
+    # |W| sums for CBP
+    fused, fused_now, fused_cbp = (
+        FusedAgent(make(args.width, device=dev), deferred_updates=0 if gpu else 16, cuda_graphs=gpu),
+        FusedAgent(make(args.width, device=dev), cuda_graphs=gpu),
+        FusedAgent(make(args.width, device=dev), weight_abs_sums=True, cuda_graphs=gpu))
     cbp_iv, fused_cbp_iv = (interventions.get("cbp")(replacement_rate=1e-4, maturity_threshold=100) for _ in range(2))
     cbp_iv.on_run_start(cbp)
     fused_cbp_iv.on_run_start(fused_cbp)
@@ -86,7 +94,7 @@ def main() -> None:
     med = {k: statistics.median(v) for k, v in rates.items()}
     for k, v in med.items():
         print(f"{k:<9} {v:8.1f} steps/s   ({1000 / v:.2f} ms/step)")
-    result = {"width": args.width, "threads": torch.get_num_threads(), "steps_per_s": {k: round(v, 1) for k, v in med.items()},
+    result = {"width": args.width, "device": dev, "threads": torch.get_num_threads(), "steps_per_s": {k: round(v, 1) for k, v in med.items()},
               "lab_over_plain": round(med["lab"] / med["plain"], 3), "fused_over_plain": round(med["fused"] / med["plain"], 3),
               "cbp_step_cost_vs_bp": round(med["lab"] / med["lab_cbp"], 3),
               "fused_now_over_plain": round(med["fused_now"] / med["plain"], 3),

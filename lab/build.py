@@ -110,9 +110,11 @@ def use_fast_path(cfg: DictConfig, agent: Agent, ivs: list[Any]) -> Agent:
     reason = fused_reason(agent, [iv for iv in ivs if hasattr(iv, "penalty")])
     if reason is None:
         per_step = any(hasattr(iv, "before_step") or hasattr(iv, "after_step") for iv in ivs)
+        graphs = bool(cfg.train.cuda_graphs) and agent.model.layers[0].weight.device.type == "cuda"
         return FusedAgent(agent, extra_decay=sum(iv.decay for iv in ivs if hasattr(iv, "decay")),
-                          deferred_updates=0 if per_step else cfg.train.deferred_updates,
-                          weight_abs_sums=any(getattr(iv, "needs_weight_abs_sums", False) for iv in ivs))
+                          deferred_updates=0 if per_step or graphs else cfg.train.deferred_updates,
+                          weight_abs_sums=any(getattr(iv, "needs_weight_abs_sums", False) for iv in ivs),
+                          cuda_graphs=graphs)
     if mode == "true":
         raise ConfigError("train.fast", True, f"a run the fused path supports; this one has {reason}")
     return agent

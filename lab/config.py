@@ -67,7 +67,9 @@ class TrainConfig:
     correction, applied with one matrix product (agents/pending.py: the same
     SGD to float rounding, ~1.4x the steps/s at batch 1 on the paper's net);
     used only when no intervention acts between steps; 0 applies each update
-    at once. new_head: zero the output layer
+    at once. cuda_graphs: on a GPU, replay the fused step as a CUDA graph
+    (agents/cuda_graph.py; it checks itself against the eager step on first
+    use; deferred updates are then off). new_head: zero the output layer
     (and its optimizer state) at each task start, Dohare et al.'s "new heads"
     of continual ImageNet (part of that protocol, not an intervention)."""
 
@@ -80,6 +82,7 @@ class TrainConfig:
     checkpoint: bool = True
     fast: str = "auto"
     deferred_updates: int = 16
+    cuda_graphs: bool = True
     new_head: bool = False
 
 

@@ -24,6 +24,7 @@ from typing import Any, Iterator
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from agents.cuda_graph import graphed
 from agents.fused import FusedAgent
 from agents.stacked import StackedStep
 from lab import checkpoint
@@ -101,7 +102,7 @@ def own_rng(states: list[dict[str, Any]], i: int, full: bool = True) -> Iterator
 
 def _train_all(ctxs: list[RunContext], states: list[dict[str, Any]]) -> list[dict[str, Any]]:
     cfg, stream, first = ctxs[0].cfg, ctxs[0].stream, ctxs[0].first_task
-    stack = StackedStep([c.agent for c in ctxs])
+    stack = graphed(StackedStep([c.agent for c in ctxs]), cfg.train.cuda_graphs)
     sizes = task_examples(ctxs[0])
     progress = Progress(stream.num_tasks, [n * len(ctxs) for n in sizes], first, cfg.progress, progress_metric(stream))
     quiet = Progress(stream.num_tasks, sizes, first, "off")

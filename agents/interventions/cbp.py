@@ -41,20 +41,26 @@ UTIL_TYPES = ("contribution", "zero_contribution", "adaptable_contribution", "fe
 
 @dataclass
 class LayerUtility:
-    """Per-layer state of continual backprop. ``age`` lives on the run's
-    device (it bias-corrects the averages there); ``host_age`` is its mirror
-    on the host, so counting the mature units and deciding how many to
-    replace never waits for the device (a GPU run syncs only when it replaces)."""
+    """Per-layer state of continual backprop. The unit ages live on the host
+    (``ages``), so counting the mature units and deciding how many to replace
+    never waits for the device (a GPU run syncs only when it replaces);
+    ``decay_power`` = eta^age per unit lives with the averages on the run's
+    device and bias-corrects them there (one multiply per step)."""
 
     util: torch.Tensor
     mean_feature: torch.Tensor
-    age: torch.Tensor
+    ages: np.ndarray
+    decay_power: torch.Tensor
     accumulated: float = 0.0
-    host_age: np.ndarray | None = None
 
-    def __post_init__(self) -> None:
-        if self.host_age is None:
-            self.host_age = self.age.cpu().numpy().copy()
+    @property
+    def age(self) -> torch.Tensor:
+        """The ages as a tensor on the run's device."""
+        return torch.as_tensor(self.ages, device=self.util.device)
+
+    def correction(self, dtype: torch.dtype) -> torch.Tensor:
+        """1 - eta^age per unit: the bias correction of the running averages."""
+        return torch.rsub(self.decay_power, 1.0).to(dtype)
 
 
 @interventions.register("cbp")
@@ -96,7 +102,8 @@ class ContinualBackprop:
             h = layer.incoming.weight.shape[0]
             device = layer.incoming.weight.device
             zeros = lambda: torch.zeros(h, device=device)
-            self.layers.append(LayerUtility(zeros(), zeros(), torch.zeros(h, dtype=torch.long, device=device)))
+            ones = torch.ones(h, dtype=torch.float64, device=device)
+            self.layers.append(LayerUtility(zeros(), zeros(), np.zeros(h, dtype=np.int64), ones))
 
     @torch.no_grad()
     def after_step(self, agent: Agent, info: StepInfo) -> dict | None:
@@ -116,20 +123,31 @@ class ContinualBackprop:
     def _update_and_choose(self, layer, state: LayerUtility, h: torch.Tensor) -> torch.Tensor | None:
         eta = self.decay_rate
         h = per_unit(h, state.util.shape[0])
-        state.age += 1
-        state.host_age += 1
-        state.mean_feature.mul_(eta).add_(h.mean(0), alpha=1 - eta)
-        correction = 1 - eta ** state.age.double()
-        f_hat = state.mean_feature / correction.to(h.dtype)
-        if self.util_type == "random":
+        state.ages += 1
+        state.decay_power.mul_(eta)
+        state.mean_feature.mul_(eta).add_(h[0] if h.shape[0] == 1 else h.mean(0), alpha=1 - eta)
+        correction = state.correction(h.dtype)
+        f_hat = state.mean_feature / correction
+        if self.util_type == "random":  # drawn every step, as the reference code does
             u_hat = torch.rand_like(state.util)
         else:
             state.util.mul_(eta).add_(self._instant_utility(layer, h, f_hat), alpha=1 - eta)
-            u_hat = state.util / correction.to(h.dtype)
-        mature = state.host_age > self.maturity_threshold
-        count = int(mature.sum())
-        if count == 0:
+        k, mature = self._how_many(state)
+        if k == 0:
             return None
+        if self.util_type != "random":
+            u_hat = state.util / correction  # bias-corrected only when it decides something
+        self._f_hat = f_hat
+        eligible = torch.as_tensor(np.flatnonzero(mature), device=u_hat.device)
+        order = torch.topk(-u_hat[eligible], k).indices
+        return eligible[order]
+
+    def _how_many(self, state: LayerUtility) -> tuple[int, np.ndarray]:
+        """How many units to replace now (step 4), and which are mature."""
+        mature = state.ages > self.maturity_threshold
+        count = int(np.count_nonzero(mature))
+        if count == 0:
+            return 0, mature
         n = self.replacement_rate * count
         if self.accumulate:
             state.accumulated += n
@@ -137,14 +155,7 @@ class ContinualBackprop:
             state.accumulated -= k
         else:
             k = int(n) if n >= 1 else int(torch.rand(()) < n)
-        k = min(k, count)
-        if k == 0:
-            return None
-        eligible = torch.as_tensor(np.flatnonzero(mature), device=u_hat.device)
-        order = torch.topk(-u_hat[eligible], k).indices
-        chosen = eligible[order]
-        self._f_hat = f_hat
-        return chosen
+        return min(k, count), mature
 
     def _instant_utility(self, layer, h: torch.Tensor, f_hat: torch.Tensor) -> torch.Tensor:
         kind = self.util_type
@@ -152,12 +163,12 @@ class ContinualBackprop:
         in_mag = self._mags.incoming(layer) if kind in (
             "adaptable_contribution", "feature_by_input", "adaptation") else None
         if kind == "contribution":
-            return out_mag * h.abs().mean(0)
+            return out_mag * (h[0].abs() if h.shape[0] == 1 else h.abs().mean(0))
         if kind == "weight":
             return out_mag
         if kind == "adaptation":
             return 1 / in_mag
-        centred = (h - f_hat).abs().mean(0)
+        centred = (h[0] - f_hat).abs_() if h.shape[0] == 1 else (h - f_hat).abs().mean(0)
         if kind == "zero_contribution":
             return out_mag * centred
         if kind == "adaptable_contribution":
@@ -171,14 +182,21 @@ class ContinualBackprop:
         reset_units(layer, chosen, agent.optimizer)
         state.util[chosen] = 0.0
         state.mean_feature[chosen] = 0.0
-        state.age[chosen] = 0
-        state.host_age[chosen.cpu().numpy()] = 0
+        state.decay_power[chosen] = 1.0
+        state.ages[chosen.cpu().numpy()] = 0
 
     def state_dict(self) -> dict:
-        return {"layers": [vars(s).copy() for s in self.layers]}
+        return {"layers": [{"util": s.util, "mean_feature": s.mean_feature, "age": s.age, "decay_power": s.decay_power,
+                            "accumulated": s.accumulated} for s in self.layers]}
 
     def load_state_dict(self, state: dict) -> None:
-        self.layers = [LayerUtility(**s) for s in state["layers"]]
+        self.layers = []
+        for s in state["layers"]:
+            age = s["age"]
+            power = s.get("decay_power")  # absent from checkpoints written before it was kept
+            power = self.decay_rate ** age.double() if power is None else power
+            self.layers.append(LayerUtility(s["util"], s["mean_feature"], age.cpu().numpy().copy(), power,
+                                            s["accumulated"]))
 
 
 class WeightMagnitudes:
