@@ -4,7 +4,8 @@ products (``bmm`` / ``baddbmm_``). With h_0 = x, z_l = h_{l-1} W_l^T + b_l,
 h_l = phi(z_l): dL/dlogits = (softmax - onehot) / B for cross-entropy,
 2 (out - y) / B for the mean squared error; d_l = (d_{l+1} W_{l+1}) * phi'(z_l),
 all before any weight changes; then W_l <- (1 - lr wd) W_l - lr d_l^T h_{l-1}
-(one ``baddbmm_`` per layer for all seeds, ``addr_`` per seed at batch 1) and
+(one ``baddbmm_`` per layer for all seeds, ``addr_`` per seed for large
+matrices at batch 1) and
 b_l likewise. With ``deferred_updates`` the weight updates are kept pending as
 a low-rank correction and applied every few steps (agents/pending.py).
 
@@ -25,6 +26,14 @@ import torch.nn.functional as F
 from agents.abs_sums import update_with_abs_sums
 from agents.agent import StepInfo
 from agents.pending import PendingUpdates
+
+
+ADDR_MIN_ENTRIES = 1_000_000
+"""A batch-1 update of a matrix this large is one ``addr_`` per seed (2.4x
+faster than the rank-1 ``baddbmm_`` at 2000 x 2000 here); smaller ones stay one
+``baddbmm_`` for all seeds (per-call overhead wins there: 8 seeds of 100 x 784,
+217 vs 85 us). Decided by shape alone, so a seed alone and among others
+take the same path (and get the same bits)."""
 
 
 class StackedStep:
@@ -143,9 +152,8 @@ class StackedStep:
 
     def _update(self, deltas: list[torch.Tensor], ins: list[torch.Tensor], lr: float, factor: float) -> None:
         """W_l <- factor W_l - lr d_l^T h_{l-1} and b_l likewise: deferred when the
-        step fits the pending buffers, else at once (batch 1: ``addr_``, 3x
-        faster here than the equivalent rank-1 ``baddbmm_``), with the sums of
-        the new |W| when asked (agents/abs_sums.py)."""
+        step fits the pending buffers, else at once, with the sums of the new
+        |W| when asked (agents/abs_sums.py)."""
         for bias, d in zip(self.biases, deltas):
             if bias is not None:
                 if factor != 1.0:
@@ -156,19 +164,20 @@ class StackedStep:
             self.pending.add(self.weights, deltas, ins, lr, factor)
             return
         for layer, (w, d, h_in) in enumerate(zip(self.weights, deltas, ins)):
-            if b == 1:
+            if b == 1 and self.abs_sums is not None:
+                rows, cols = self.abs_sums[layer]
                 for i in range(w.shape[0]):
-                    if self.abs_sums is None:
-                        w[i].addr_(d[i, 0], h_in[i, 0], beta=factor, alpha=-lr)
-                    else:
-                        rows, cols = self.abs_sums[layer]
-                        update_with_abs_sums(w[i], d[i, 0], h_in[i, 0], lr, factor, rows[i], cols[i])
+                    update_with_abs_sums(w[i], d[i, 0], h_in[i, 0], lr, factor, rows[i], cols[i])
+                continue
+            if b == 1 and w[0].numel() >= ADDR_MIN_ENTRIES:
+                for i in range(w.shape[0]):
+                    w[i].addr_(d[i, 0], h_in[i, 0], beta=factor, alpha=-lr)
             else:
                 w.baddbmm_(d.transpose(1, 2), h_in, beta=factor, alpha=-lr)
-                if self.abs_sums is not None:
-                    a = w.abs()
-                    torch.sum(a, 2, out=self.abs_sums[layer][0])
-                    torch.sum(a, 1, out=self.abs_sums[layer][1])
+            if self.abs_sums is not None:
+                a = w.abs()
+                torch.sum(a, 2, out=self.abs_sums[layer][0])
+                torch.sum(a, 1, out=self.abs_sums[layer][1])
 
     def info(self, i: int, x: torch.Tensor, y: torch.Tensor, loss: torch.Tensor, correct: torch.Tensor,
              logits: torch.Tensor, feats: list[torch.Tensor], grads: Callable[[int], list[torch.Tensor]]) -> StepInfo:

@@ -101,6 +101,7 @@ def build_tracker(cfg: DictConfig) -> Any:
 def use_fast_path(cfg: DictConfig, agent: Agent, ivs: list[Any]) -> Agent:
     """The fused-step agent when ``train.fast`` allows and the run qualifies."""
     from agents.fused import FusedAgent, fused_reason
+    from agents.pending import pays_off
 
     mode = str(cfg.train.fast).lower()
     if mode not in ("auto", "true", "false"):
@@ -111,8 +112,10 @@ def use_fast_path(cfg: DictConfig, agent: Agent, ivs: list[Any]) -> Agent:
     if reason is None:
         per_step = any(hasattr(iv, "before_step") or hasattr(iv, "after_step") for iv in ivs)
         graphs = bool(cfg.train.cuda_graphs) and agent.model.layers[0].weight.device.type == "cuda"
+        weights = sum(layer.weight.numel() for layer in agent.model.layers)
+        defer = not (per_step or graphs) and pays_off(weights, cfg.train.batch_size, cfg.train.deferred_updates)
         return FusedAgent(agent, extra_decay=sum(iv.decay for iv in ivs if hasattr(iv, "decay")),
-                          deferred_updates=0 if per_step or graphs else cfg.train.deferred_updates,
+                          deferred_updates=cfg.train.deferred_updates if defer else 0,
                           weight_abs_sums=any(getattr(iv, "needs_weight_abs_sums", False) for iv in ivs),
                           cuda_graphs=graphs)
     if mode == "true":

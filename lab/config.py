@@ -66,7 +66,9 @@ class TrainConfig:
     path, how many examples' weight updates may stay pending as a low-rank
     correction, applied with one matrix product (agents/pending.py: the same
     SGD to float rounding, ~1.4x the steps/s at batch 1 on the paper's net);
-    used only when no intervention acts between steps; 0 applies each update
+    used only when no intervention acts between steps, the net has >= 4M
+    weights and the batch is at most a quarter of it (below that it costs
+    more than it saves: agents/pending.py ``pays_off``); 0 applies each update
     at once. cuda_graphs: on a GPU, replay the fused step as a CUDA graph
     (agents/cuda_graph.py; it checks itself against the eager step on first
     use; deferred updates are then off). new_head: zero the output layer

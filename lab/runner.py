@@ -384,6 +384,7 @@ def _summary(cfg: DictConfig, stream: Stream, results: Results, wall: float, wan
         "examples": results.examples,
         "wandb_sync": wandb_sink.sync_hint() if wandb_sink else None,
         "fused_path": hasattr(agent, "extra_decay"),
+        "deferred_updates": getattr(agent, "deferred_updates", 0),
     }
 
 

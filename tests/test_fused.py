@@ -107,11 +107,14 @@ def test_deferred_updates_equal_autograd_steps_in_float64(act, batch, wd):
         assert torch.allclose(p, q, atol=1e-10)
 
 
-def test_deferred_updates_are_applied_before_the_weights_are_read(tiny_run, tmp_path):
-    """A run defers (no per-step intervention) and still checkpoints, evaluates
-    and measures the current weights: its records equal the undeferred run's to float rounding."""
+def test_deferred_updates_are_applied_before_the_weights_are_read(tiny_run, tmp_path, monkeypatch):
+    """A run defers (no per-step intervention; the size threshold lowered for a
+    tiny net) and still checkpoints, evaluates and measures the current
+    weights: its records equal the undeferred run's to float rounding."""
+    monkeypatch.setattr("agents.pending.MIN_WEIGHTS", 0)
     on = tiny_run("train.batch_size=1", base=BASE, out="on")
     off = tiny_run("train.batch_size=1", "train.deferred_updates=0", base=BASE, out="off")
+    assert on["deferred_updates"] == 16 and off["deferred_updates"] == 0
     assert on["online_accuracy"] == pytest.approx(off["online_accuracy"], abs=0.01)
     for row_on, row_off in zip(on["acc_matrix"], off["acc_matrix"]):
         assert row_on == pytest.approx(row_off, abs=0.01)
@@ -122,6 +125,13 @@ def test_deferred_updates_are_applied_before_the_weights_are_read(tiny_run, tmp_
     assert on["diagnostics"].keys() == off["diagnostics"].keys()
     for name, series in on["diagnostics"].items():  # measured at task starts on the flushed weights
         assert [v for _, v in series] == pytest.approx([v for _, v in off["diagnostics"][name]], rel=1e-2, abs=1e-3), name
+
+
+def test_deferral_is_used_only_where_it_pays(tiny_run):
+    from agents.pending import pays_off
+
+    assert pays_off(9_600_000, 1, 16) and not pays_off(1_800_000, 1, 16) and not pays_off(9_600_000, 16, 16)
+    assert tiny_run("train.batch_size=1", base=BASE)["deferred_updates"] == 0  # a tiny net: cache-resident weights
 
 
 def test_fast_true_says_why_it_cannot_run(tiny_run):
