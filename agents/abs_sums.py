@@ -20,7 +20,9 @@ PyTorch ops above, with a warning. Both agree to float rounding (tested).
 from __future__ import annotations
 
 import hashlib
+import os
 import platform
+import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -89,15 +91,26 @@ def _cpu_tag() -> str:
     return hashlib.sha1(ident.encode()).hexdigest()[:10]
 
 
+def _built(name: str) -> bool:
+    from torch.utils.cpp_extension import get_default_build_root
+
+    root = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or get_default_build_root())
+    return any(root.glob(f"*/{name}/{name}*.so"))
+
+
 def kernel() -> Any:
     """The compiled extension (built once per machine), or None where it cannot be built."""
     global _kernel, _failed
     if _kernel is None and _failed is None:
         from torch.utils.cpp_extension import load_inline
 
+        name = f"plasticity_lab_abs_sums_{_cpu_tag()}"
+        if not _built(name):
+            print("plasticity-lab: building continual backprop's fused |W| sums kernel (once per machine, ~1 min)",
+                  file=sys.stderr, flush=True)
         for flags in (["-O3", "-march=native", "-fopenmp"], ["-O3", "-fopenmp"]):
             try:
-                _kernel = load_inline(f"plasticity_lab_abs_sums_{_cpu_tag()}", cpp_sources=_SOURCE,
+                _kernel = load_inline(name, cpp_sources=_SOURCE,
                                       functions=["update_abs_sums"], extra_cflags=flags, extra_ldflags=["-fopenmp"])
                 break
             except Exception as err:  # no compiler or ninja: the PyTorch ops give the same sums, slower

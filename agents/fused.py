@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from agents import abs_sums
 from agents.agent import Agent, StepInfo
 from agents.cuda_graph import graphed
 from agents.stacked import StackedStep
@@ -76,6 +77,8 @@ class FusedAgent(Agent):
         self.extra_decay = extra_decay
         self.deferred_updates = deferred_updates
         self.weight_abs_sums = weight_abs_sums
+        if weight_abs_sums and self.model.layers[0].weight.device.type == "cpu":
+            abs_sums.kernel()  # built (once per machine) now, before training, not at the first step
         self.cuda_graphs = cuda_graphs
         self._stepper: Any = None
         self.act_params = [getattr(a, "params", {}) for a in self.model.acts]

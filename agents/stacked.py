@@ -5,9 +5,9 @@ h_l = phi(z_l): dL/dlogits = (softmax - onehot) / B for cross-entropy,
 2 (out - y) / B for the mean squared error; d_l = (d_{l+1} W_{l+1}) * phi'(z_l),
 all before any weight changes; then W_l <- (1 - lr wd) W_l - lr d_l^T h_{l-1}
 (one ``baddbmm_`` per layer for all seeds, ``addr_`` per seed for large
-matrices at batch 1) and
-b_l likewise. With ``deferred_updates`` the weight updates are kept pending as
-a low-rank correction and applied every few steps (agents/pending.py).
+matrices at batch 1) and b_l likewise. With ``deferred_updates`` the weight
+updates are kept pending as a low-rank correction and applied every few steps
+(agents/pending.py).
 
 Each seed keeps its own Agent: its model's parameters are re-pointed at views
 of the stacked tensors (``param.data = stack[i]``), so the seed's
