@@ -119,14 +119,17 @@ class StackedStep:
             delta.scatter_add_(2, y[:, :, None], torch.full_like(delta[:, :, :1], -1.0))
             delta /= b
             correct = (logits.argmax(2) == y).sum(1)
-        deltas = [delta]
-        for i in range(len(pre) - 1, -1, -1):
-            d = torch.bmm(deltas[-1], self.weights[i + 1])
-            if self._deferring():
-                d = self.pending.backward(i + 1, deltas[-1], d)
-            deltas.append(d * self.derivative(pre[i], feats[i], self.act_params[i]))
-        deltas.reverse()
-        self._update(deltas, ins, lr, 1 - lr * decay)
+        if self.abs_sums is not None and b == 1:
+            deltas = self._backward_updating(delta, pre, feats, ins, lr, 1 - lr * decay)
+        else:
+            deltas = [delta]
+            for i in range(len(pre) - 1, -1, -1):
+                d = torch.bmm(deltas[-1], self.weights[i + 1])
+                if self._deferring():
+                    d = self.pending.backward(i + 1, deltas[-1], d)
+                deltas.append(d * self.derivative(pre[i], feats[i], self.act_params[i]))
+            deltas.reverse()
+            self._update(deltas, ins, lr, 1 - lr * decay)
 
         def grads(i: int) -> list[torch.Tensor]:
             out = []
@@ -152,23 +155,15 @@ class StackedStep:
 
     def _update(self, deltas: list[torch.Tensor], ins: list[torch.Tensor], lr: float, factor: float) -> None:
         """W_l <- factor W_l - lr d_l^T h_{l-1} and b_l likewise: deferred when the
-        step fits the pending buffers, else at once, with the sums of the new
-        |W| when asked (agents/abs_sums.py)."""
-        for bias, d in zip(self.biases, deltas):
-            if bias is not None:
-                if factor != 1.0:
-                    bias.mul_(factor)
-                bias.add_(d.sum(1), alpha=-lr)
+        step fits the pending buffers, else at once (with the sums of the new
+        |W| when asked, batch > 1: batch 1 is ``_backward_updating``)."""
+        for layer, d in enumerate(deltas):
+            self._update_bias(layer, d, lr, factor)
         b = deltas[0].shape[1]
         if self.pending is not None and self.pending.fits(b):
             self.pending.add(self.weights, deltas, ins, lr, factor)
             return
         for layer, (w, d, h_in) in enumerate(zip(self.weights, deltas, ins)):
-            if b == 1 and self.abs_sums is not None:
-                rows, cols = self.abs_sums[layer]
-                for i in range(w.shape[0]):
-                    update_with_abs_sums(w[i], d[i, 0], h_in[i, 0], lr, factor, rows[i], cols[i])
-                continue
             if b == 1 and w[0].numel() >= ADDR_MIN_ENTRIES:
                 for i in range(w.shape[0]):
                     w[i].addr_(d[i, 0], h_in[i, 0], beta=factor, alpha=-lr)
@@ -178,6 +173,32 @@ class StackedStep:
                 a = w.abs()
                 torch.sum(a, 2, out=self.abs_sums[layer][0])
                 torch.sum(a, 1, out=self.abs_sums[layer][1])
+
+    def _update_bias(self, layer: int, d: torch.Tensor, lr: float, factor: float) -> None:
+        bias = self.biases[layer]
+        if bias is not None:
+            if factor != 1.0:
+                bias.mul_(factor)
+            bias.add_(d.sum(1), alpha=-lr)
+
+    def _backward_updating(self, delta: torch.Tensor, pre: list[torch.Tensor], feats: list[torch.Tensor],
+                           ins: list[torch.Tensor], lr: float, factor: float) -> list[torch.Tensor]:
+        """Backward and update together, from the top layer down (batch 1, |W|
+        sums asked for): one pass over each matrix gives the delta below it
+        (from the old weights, as SGD needs), its update and the sums of its new
+        |W| (agents/abs_sums.py). Returns the deltas, bottom layer first."""
+        deltas = [delta]
+        for layer in range(len(self.weights) - 1, -1, -1):
+            w, d, rows, cols = self.weights[layer], deltas[-1], *self.abs_sums[layer]
+            self._update_bias(layer, d, lr, factor)
+            back = d.new_empty(w.shape[0], 1, w.shape[2]) if layer else None
+            for i in range(w.shape[0]):
+                update_with_abs_sums(w[i], d[i, 0], ins[layer][i, 0], lr, factor, rows[i], cols[i],
+                                     back[i, 0] if back is not None else None)
+            if layer:
+                deltas.append(back * self.derivative(pre[layer - 1], feats[layer - 1], self.act_params[layer - 1]))
+        deltas.reverse()
+        return deltas
 
     def info(self, i: int, x: torch.Tensor, y: torch.Tensor, loss: torch.Tensor, correct: torch.Tensor,
              logits: torch.Tensor, feats: list[torch.Tensor], grads: Callable[[int], list[torch.Tensor]]) -> StepInfo:

@@ -20,9 +20,12 @@ def test_update_and_sums_equal_the_separate_ops(dtype, tol, shape, factor):
     w = torch.randn(*shape, generator=g, dtype=dtype)
     d, h = torch.randn(shape[0], generator=g, dtype=dtype), torch.rand(shape[1], generator=g, dtype=dtype)
     expected = w.clone().addr_(d, h, beta=factor, alpha=-0.1)
+    expected_back = d @ w
     rows, cols = torch.empty(shape[0], dtype=dtype), torch.empty(shape[1], dtype=dtype)
-    abs_sums.update_with_abs_sums(w, d, h, 0.1, factor, rows, cols)
+    back = torch.empty(shape[1], dtype=dtype)
+    abs_sums.update_with_abs_sums(w, d, h, 0.1, factor, rows, cols, back)
     assert torch.allclose(w, expected, rtol=tol, atol=tol)
+    assert torch.allclose(back, expected_back, rtol=tol, atol=tol * 10)  # with the weights before the update
     assert torch.allclose(rows, expected.abs().sum(1), rtol=tol)
     assert torch.allclose(cols, expected.abs().sum(0), rtol=tol)
 
@@ -32,7 +35,9 @@ def test_a_strided_view_takes_the_pytorch_ops_and_agrees():
     w = torch.randn(20, 30).t()
     d, h = torch.randn(30), torch.rand(20)
     expected = w.clone().addr_(d, h, alpha=-0.1)
-    rows, cols = torch.empty(30), torch.empty(20)
-    abs_sums.update_with_abs_sums(w, d, h, 0.1, 1.0, rows, cols)
+    expected_back = d @ w
+    rows, cols, back = torch.empty(30), torch.empty(20), torch.empty(20)
+    abs_sums.update_with_abs_sums(w, d, h, 0.1, 1.0, rows, cols, back)
     assert torch.allclose(w, expected) and torch.allclose(rows, expected.abs().sum(1))
+    assert torch.allclose(back, expected_back)
     assert torch.allclose(cols, expected.abs().sum(0))

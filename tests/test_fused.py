@@ -34,7 +34,8 @@ def test_fused_matches_autograd(extra, tiny_run, tmp_path):
 
 @pytest.mark.parametrize("act", ["relu", "tanh", "sigmoid", "leaky_relu", "linear"])
 @pytest.mark.parametrize("batch", [1, 4])
-def test_one_fused_step_equals_one_autograd_step(act, batch):
+@pytest.mark.parametrize("sums", [False, True], ids=["plain", "with_abs_sums"])
+def test_one_fused_step_equals_one_autograd_step(act, batch, sums):
     import copy
 
     from agents import MLP, Agent
@@ -45,9 +46,13 @@ def test_one_fused_step_equals_one_autograd_step(act, batch):
     net = MLP(6, [5, 4], 3, activation=act).double()
     twin = copy.deepcopy(net)
     slow = Agent(net, make_optimizer(net.parameters(), "sgd", 0.1, weight_decay=0.01))
-    fast = FusedAgent(Agent(twin, make_optimizer(twin.parameters(), "sgd", 0.1, weight_decay=0.01)))
+    fast = FusedAgent(Agent(twin, make_optimizer(twin.parameters(), "sgd", 0.1, weight_decay=0.01)),
+                      weight_abs_sums=sums)  # with sums at batch 1: backward and update in one pass per layer
     x, y = torch.randn(batch, 6, dtype=torch.float64), torch.randint(0, 3, (batch,))
     a, b = slow.observe(x, y), fast.observe(x, y)
+    if sums:
+        for layer, (rows, cols) in zip(twin.layers, b.weight_abs_sums):
+            assert torch.allclose(rows, layer.weight.abs().sum(1)) and torch.allclose(cols, layer.weight.abs().sum(0))
     assert float(a.loss) == pytest.approx(float(b.loss), rel=1e-12)
     for p, q in zip(net.parameters(), twin.parameters()):
         assert torch.allclose(p, q, atol=1e-12)
