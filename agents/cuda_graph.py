@@ -16,8 +16,8 @@ the weights in place (the graph reads the same memory).
 
 The graph checks itself on first use: the step is run once eagerly (weights
 saved before), the weights restored, the same batch replayed through the new
-graph, and the two results compared; if they differ the run keeps the eager
-step (with its result) and says so. The first ``WARMUP`` steps of a key run
+graph, and the two results compared; if they differ, or the capture fails,
+the run keeps the eager step (with its result) and says so. The first ``WARMUP`` steps of a key run
 eagerly on a side stream, as PyTorch's CUDA-graph recipe asks (cuBLAS
 workspaces and the caching allocator settle there).
 """
@@ -91,7 +91,9 @@ class GraphedStep:
         return out
 
     def _state(self) -> list[torch.Tensor]:
-        return [t for t in (*self.inner.weights, *self.inner.biases) if t is not None]
+        """Every tensor a step writes: weights, biases and the |W| sums it hands to CBP."""
+        sums = [t for pair in self.inner.abs_sums or [] for t in pair]
+        return [t for t in (*self.inner.weights, *self.inner.biases, *sums) if t is not None]
 
     def _capture(self, x: torch.Tensor, y: torch.Tensor) -> tuple:
         """Capture the step, check one replay against the eager step, keep the graph if they agree."""
@@ -102,19 +104,26 @@ class GraphedStep:
         for t, saved in zip(self._state(), before):
             t.copy_(saved)
         self.static_x, self.static_y = x.clone(), y.clone()
-        graph = torch.cuda.CUDAGraph()
-        torch.cuda.synchronize(x.device)
-        with torch.cuda.graph(graph):
-            out = self.inner.step(self.static_x, self.static_y)
-        graph.replay()
+        try:
+            graph = torch.cuda.CUDAGraph()
+            torch.cuda.synchronize(x.device)
+            with torch.cuda.graph(graph):
+                out = self.inner.step(self.static_x, self.static_y)
+            graph.replay()
+        except RuntimeError as err:  # an op that cannot be captured: keep the eager step
+            return self._give_up(after, eager, f"capture failed ({str(err).splitlines()[0] if str(err) else err})")
         replayed = [*out[:3], *out[3]]
         agree = all(torch.allclose(a, b, rtol=1e-5, atol=1e-6) for a, b in zip(eager_values, replayed))
         agree = agree and all(torch.allclose(a, b, rtol=1e-5, atol=1e-6) for a, b in zip(after, self._state()))
         if not agree:
-            for t, saved in zip(self._state(), after):
-                t.copy_(saved)
-            self.disabled = "the captured step disagreed with the eager step"
-            warnings.warn(f"CUDA graphs off for this run: {self.disabled} (train.cuda_graphs=false silences this)")
-            return eager
+            return self._give_up(after, eager, "the captured step disagreed with the eager step")
         self.graph, self.out = graph, out
         return out
+
+    def _give_up(self, after: list[torch.Tensor], eager: tuple, why: str) -> tuple:
+        """Keep the eager step's weights and result, and step eagerly from now on."""
+        for t, saved in zip(self._state(), after):
+            t.copy_(saved)
+        self.disabled = why
+        warnings.warn(f"CUDA graphs off for this run: {why} (train.cuda_graphs=false silences this)")
+        return eager
