@@ -154,6 +154,12 @@ def update_with_abs_sums(w: torch.Tensor, d: torch.Tensor, h: torch.Tensor, lr: 
     if back is not None:
         torch.matmul(d, w, out=back)
     w.addr_(d, h, beta=factor, alpha=-lr)
+    sums_of(w, rows, cols)
+
+
+def sums_of(w: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> None:
+    """Row and column sums of ``|w|`` into ``rows``/``cols`` with PyTorch ops
+    (``w`` (out, in), or (N, out, in) for stacked seeds)."""
     a = w.abs()
-    torch.sum(a, 1, out=rows)
-    torch.sum(a, 0, out=cols)
+    torch.sum(a, -1, out=rows)
+    torch.sum(a, -2, out=cols)

@@ -23,7 +23,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from agents.abs_sums import update_with_abs_sums
+from agents.abs_sums import sums_of, update_with_abs_sums
 from agents.agent import StepInfo
 from agents.pending import PendingUpdates
 
@@ -170,9 +170,7 @@ class StackedStep:
             else:
                 w.baddbmm_(d.transpose(1, 2), h_in, beta=factor, alpha=-lr)
             if self.abs_sums is not None:
-                a = w.abs()
-                torch.sum(a, 2, out=self.abs_sums[layer][0])
-                torch.sum(a, 1, out=self.abs_sums[layer][1])
+                sums_of(w, *self.abs_sums[layer])
 
     def _update_bias(self, layer: int, d: torch.Tensor, lr: float, factor: float) -> None:
         bias = self.biases[layer]
