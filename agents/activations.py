@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from registry import ConfigError, Registry
+from plasticity_lab.registry import ConfigError, Registry
 
 activations = Registry("activation", reserved={"width"})
 

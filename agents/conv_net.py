@@ -18,9 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from agents.activations import make_activation, width_factor
-from agents.networks import NetworkSpec, UnitLayer, networks
-from registry import ConfigError
+from plasticity_lab.agents.activations import make_activation, width_factor
+from plasticity_lab.agents.networks import NetworkSpec, UnitLayer, networks
+from plasticity_lab.registry import ConfigError
 
 
 def channelwise(act: nn.Module, z: torch.Tensor) -> torch.Tensor:

@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from agents.stacked import StackedStep
+from plasticity_lab.agents.stacked import StackedStep
 
 WARMUP = 3
 

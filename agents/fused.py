@@ -24,10 +24,10 @@ from typing import Any
 
 import torch
 
-from agents import abs_sums
-from agents.agent import Agent, StepInfo
-from agents.cuda_graph import graphed
-from agents.stacked import StackedStep
+from plasticity_lab.agents import abs_sums
+from plasticity_lab.agents.agent import Agent, StepInfo
+from plasticity_lab.agents.cuda_graph import graphed
+from plasticity_lab.agents.stacked import StackedStep
 
 DERIVATIVES = {
     "relu": lambda z, h, p: (z > 0).to(z.dtype),

@@ -13,8 +13,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from agents.activations import bias_init, init_gain, make_activation, width_factor
-from registry import ConfigError, Registry
+from plasticity_lab.agents.activations import bias_init, init_gain, make_activation, width_factor
+from plasticity_lab.registry import ConfigError, Registry
 
 networks = Registry("network")
 """Network builders by name (``agent.network``): ``builder(spec: NetworkSpec)``

@@ -7,8 +7,8 @@ from typing import Any, Iterable
 
 import torch
 
-from agents.upgd import UPGD
-from registry import ConfigError
+from plasticity_lab.agents.upgd import UPGD
+from plasticity_lab.registry import ConfigError
 
 EXTRA = {"upgd": UPGD}
 

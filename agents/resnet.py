@@ -20,8 +20,8 @@ import math
 import torch
 from torch import nn
 
-from agents.networks import NetworkSpec, networks
-from registry import ConfigError
+from plasticity_lab.agents.networks import NetworkSpec, networks
+from plasticity_lab.registry import ConfigError
 
 
 @networks.register("resnet18")

@@ -23,9 +23,9 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from agents.abs_sums import sums_of, update_with_abs_sums
-from agents.agent import StepInfo
-from agents.pending import PendingUpdates
+from plasticity_lab.agents.abs_sums import sums_of, update_with_abs_sums
+from plasticity_lab.agents.agent import StepInfo
+from plasticity_lab.agents.pending import PendingUpdates
 
 
 ADDR_MIN_ENTRIES = 1_000_000

@@ -23,15 +23,15 @@ import time
 import torch
 import torch.nn.functional as F
 
-from agents import MLP, Agent
-from agents.optimizers import make_optimizer
-from lab.config import compose_config
-from lab.runner import run
-from metrics.curvature import hessian_top_eigenvalue
-from metrics.probes import trainability
-from metrics.rank import effective_rank, singular_values, srank, stable_rank
-from metrics.sparsity import activation_sparsity, derivative_sparsity
-from metrics.units import dead_fraction, dormant_fraction
+from plasticity_lab.agents import MLP, Agent
+from plasticity_lab.agents.optimizers import make_optimizer
+from plasticity_lab.lab.config import compose_config
+from plasticity_lab.lab.runner import run
+from plasticity_lab.metrics.curvature import hessian_top_eigenvalue
+from plasticity_lab.metrics.probes import trainability
+from plasticity_lab.metrics.rank import effective_rank, singular_values, srank, stable_rank
+from plasticity_lab.metrics.sparsity import activation_sparsity, derivative_sparsity
+from plasticity_lab.metrics.units import dead_fraction, dormant_fraction
 
 
 def run_seconds(metrics: bool, tasks: int) -> float:

@@ -23,9 +23,9 @@ import time
 import torch
 import torch.nn.functional as F
 
-from agents import MLP, Agent, interventions
-from agents.fused import FusedAgent
-from agents.optimizers import make_optimizer
+from plasticity_lab.agents import MLP, Agent, interventions
+from plasticity_lab.agents.fused import FusedAgent
+from plasticity_lab.agents.optimizers import make_optimizer
 
 
 def make(width: int, seed: int = 0, device: str = "cpu") -> Agent:

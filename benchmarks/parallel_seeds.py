@@ -31,9 +31,9 @@ def timed(fn) -> float:
 
 
 def throughput(seeds: list[int], tasks: int, examples: int, batch: int, out: Path) -> dict:
-    from lab.config import compose_config
-    from lab.runner import run
-    from lab.seeds import run_seeds
+    from plasticity_lab.lab.config import compose_config
+    from plasticity_lab.lab.runner import run
+    from plasticity_lab.lab.seeds import run_seeds
 
     base = [*COMMON, f"stream.num_tasks={tasks}", f"stream.examples_per_task={examples}", f"train.batch_size={batch}"]
     vec_runs: list = []

@@ -21,10 +21,10 @@ import time
 import torch
 import torch.nn.functional as F
 
-from agents import MLP
-from lab.config import compose_config
-from lab.runner import run
-from streams import streams, task_rng
+from plasticity_lab.agents import MLP
+from plasticity_lab.lab.config import compose_config
+from plasticity_lab.lab.runner import run
+from plasticity_lab.streams import streams, task_rng
 
 HIDDEN = [100, 100]
 

@@ -16,10 +16,10 @@ import time
 
 import torch
 
-from agents import MLP
-from lab.config import compose_config
-from lab.runner import run
-from streams import streams
+from plasticity_lab.agents import MLP
+from plasticity_lab.lab.config import compose_config
+from plasticity_lab.lab.runner import run
+from plasticity_lab.streams import streams
 
 
 def lab_rate(seed: int) -> float:
@@ -33,7 +33,7 @@ def avalanche_rate(seed: int) -> float:
     from avalanche.training.plugins import EvaluationPlugin
     from avalanche.training.supervised import Naive
 
-    from lab.avalanche_bridge.benchmark import to_avalanche
+    from plasticity_lab.lab.avalanche_bridge.benchmark import to_avalanche
 
     torch.manual_seed(seed)
     bm = to_avalanche(streams.get("split_mnist")().build(seed))

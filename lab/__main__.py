@@ -1,3 +1,3 @@
-from lab.cli import main
+from plasticity_lab.lab.cli import main
 
 raise SystemExit(main())

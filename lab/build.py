@@ -12,11 +12,11 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from agents import Agent, interventions, networks
-from agents.networks import NetworkSpec
-from agents.optimizers import make_optimizer
-from registry import ConfigError
-from streams import Stream, streams
+from plasticity_lab.agents import Agent, interventions, networks
+from plasticity_lab.agents.networks import NetworkSpec
+from plasticity_lab.agents.optimizers import make_optimizer
+from plasticity_lab.registry import ConfigError
+from plasticity_lab.streams import Stream, streams
 
 
 def as_dict(node: Any) -> dict[str, Any]:
@@ -62,7 +62,7 @@ def build_agent(cfg: DictConfig, stream: Stream, device: torch.device) -> Agent:
     opt = as_dict(cfg.agent.optimizer)
     optimizer = make_optimizer(net.parameters(), opt.pop("name"), opt.pop("lr"), **opt)
     if cfg.agent.kind == "avalanche":
-        from lab.avalanche_bridge.strategies import AvalancheAgent
+        from plasticity_lab.lab.avalanche_bridge.strategies import AvalancheAgent
 
         return AvalancheAgent(net, optimizer, as_dict(cfg.agent.strategy), cfg.train.batch_size, cfg.train.epochs, device,
                               loss=cfg.agent.loss)
@@ -87,7 +87,7 @@ def build_interventions(cfg: DictConfig) -> list[Any]:
 
 def build_tracker(cfg: DictConfig) -> Any:
     """The metric tracker, or None when ``metrics.enabled=false``."""
-    from metrics.tracker import Tracker
+    from plasticity_lab.metrics.tracker import Tracker
 
     params = as_dict(cfg.metrics)
     if not params.pop("enabled"):
@@ -100,8 +100,8 @@ def build_tracker(cfg: DictConfig) -> Any:
 
 def use_fast_path(cfg: DictConfig, agent: Agent, ivs: list[Any]) -> Agent:
     """The fused-step agent when ``train.fast`` allows and the run qualifies."""
-    from agents.fused import FusedAgent, fused_reason
-    from agents.pending import pays_off
+    from plasticity_lab.agents.fused import FusedAgent, fused_reason
+    from plasticity_lab.agents.pending import pays_off
 
     mode = str(cfg.train.fast).lower()
     if mode not in ("auto", "true", "false"):

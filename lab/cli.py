@@ -12,7 +12,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from registry import ConfigError
+from plasticity_lab.registry import ConfigError
 
 EXIT_BAD_INPUT, EXIT_NONFINITE = 2, 3
 
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _data(args: argparse.Namespace) -> int:
-    from streams.imagenet32 import convert
+    from plasticity_lab.streams.imagenet32 import convert
 
     meta = convert(args.src, args.out, num_classes=args.num_classes, train_batches=args.train_batches,
                    progress=lambda line: print(line, flush=True))
@@ -80,11 +80,11 @@ def _data(args: argparse.Namespace) -> int:
 
 def _train(cfg: Any, out_dir: Any = None, resume: bool = False) -> int:
     """One run, or with ``seeds=[...]`` every seed vectorised in this process (lab/seeds.py)."""
-    from lab.runner import NonFiniteLoss, run
+    from plasticity_lab.lab.runner import NonFiniteLoss, run
 
     try:
         if cfg.get("seeds"):
-            from lab.seeds import run_seeds
+            from plasticity_lab.lab.seeds import run_seeds
 
             summaries = run_seeds(cfg, out_dir, resume=resume)
         else:
@@ -100,7 +100,7 @@ def _train(cfg: Any, out_dir: Any = None, resume: bool = False) -> int:
 
 
 def _print_seeds(summaries: list[dict[str, Any]]) -> None:
-    from lab.compare import group_runs, load_runs, render, table
+    from plasticity_lab.lab.compare import group_runs, load_runs, render, table
 
     dirs = [Path(s["out_dir"]) for s in summaries]
     print(render(*table(group_runs(load_runs(dirs)))))
@@ -109,7 +109,7 @@ def _print_seeds(summaries: list[dict[str, Any]]) -> None:
 
 
 def _run(overrides: list[str]) -> int:
-    from lab.config import compose_config
+    from plasticity_lab.lab.config import compose_config
 
     return _train(compose_config(overrides))
 
@@ -117,7 +117,7 @@ def _run(overrides: list[str]) -> int:
 def _resume(out: Path) -> int:
     from omegaconf import OmegaConf
 
-    from registry import load_plugins
+    from plasticity_lab.registry import load_plugins
 
     if not (out / "config.yaml").is_file():
         raise ConfigError("out_dir", str(out), "a run directory holding config.yaml (written by `lab run`)")
@@ -136,12 +136,12 @@ def _multirun(overrides: list[str]) -> int:
     import hydra
     from hydra.core.hydra_config import HydraConfig
 
-    from lab.config import compose_config, config_dir, strategy_choice
+    from plasticity_lab.lab.config import compose_config, config_dir, strategy_choice
 
     overrides = [strategy_choice(o) for o in overrides]
     for combo in _first_values(overrides):
         compose_config(combo)  # every name and value valid before any job starts
-    from lab.runner import claim_dir
+    from plasticity_lab.lab.runner import claim_dir
 
     sweep_dir = claim_dir(Path("runs") / "multirun" / datetime.now().strftime("%Y%m%d-%H%M%S"))
     codes: list[int] = []
@@ -181,13 +181,13 @@ def _as_override(o, value: str) -> str:
 
 
 def _list(as_json: bool) -> int:
-    from agents import activations, interventions, networks
-    from agents.optimizers import optimizer_names
-    from lab.avalanche_bridge.strategies import STRATEGIES
-    from lab.config import config_dir
-    from metrics.tracker import Tracker
-    from registry import params_of
-    from streams import streams
+    from plasticity_lab.agents import activations, interventions, networks
+    from plasticity_lab.agents.optimizers import optimizer_names
+    from plasticity_lab.lab.avalanche_bridge.strategies import STRATEGIES
+    from plasticity_lab.lab.config import config_dir
+    from plasticity_lab.metrics.tracker import Tracker
+    from plasticity_lab.registry import params_of
+    from plasticity_lab.streams import streams
 
     table = {
         "experiments": {p.stem: {} for p in sorted(Path(config_dir(), "experiment").glob("*.yaml"))},
@@ -213,8 +213,8 @@ def _list(as_json: bool) -> int:
 
 def _plot(dirs: list[Path], out: str | None) -> int:
     """One run: redraw its own plots. Several: comparison figures in ``out``."""
-    from lab.compare import group_runs, load_runs
-    from lab.plots import plot_groups, plot_run
+    from plasticity_lab.lab.compare import group_runs, load_runs
+    from plasticity_lab.lab.plots import plot_groups, plot_run
 
     runs = load_runs(dirs)
     if len(runs) == 1:
@@ -227,7 +227,7 @@ def _plot(dirs: list[Path], out: str | None) -> int:
 
 
 def _dashboard(project: str, entity: str | None, dry_run: bool) -> int:
-    from lab.dashboard import SPEC, build_workspace, save_workspace
+    from plasticity_lab.lab.dashboard import SPEC, build_workspace, save_workspace
 
     if dry_run:
         build_workspace(project, entity or "your-entity")  # the spec must make a valid workspace
@@ -246,7 +246,7 @@ def _dashboard(project: str, entity: str | None, dry_run: bool) -> int:
 
 
 def _compare(dirs: list[Path], fmt: str) -> int:
-    from lab.compare import group_runs, load_runs, render, table
+    from plasticity_lab.lab.compare import group_runs, load_runs, render, table
 
     print(render(*table(group_runs(load_runs(dirs))), fmt))
     return 0

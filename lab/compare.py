@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from registry import ConfigError
+from plasticity_lab.registry import ConfigError
 
 IGNORED = ("seed", "out_dir", "wandb", "progress", "metrics", "plugins", "device", "train.threads",
            "train.log_every", "train.checkpoint")

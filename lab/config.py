@@ -20,11 +20,11 @@ from hydra.core.config_store import ConfigStore
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, OmegaConf
 
-from agents.activations import activations
-from agents.interventions import interventions
-from metrics.tracker import Tracker
-from registry import ConfigError, load_plugins, params_of
-from streams import streams
+from plasticity_lab.agents.activations import activations
+from plasticity_lab.agents.interventions import interventions
+from plasticity_lab.metrics.tracker import Tracker
+from plasticity_lab.registry import ConfigError, load_plugins, params_of
+from plasticity_lab.streams import streams
 
 
 @dataclass
@@ -130,7 +130,7 @@ class Config:
 
 def config_dir() -> str:
     """Where the packaged YAML lives (works for editable and wheel installs)."""
-    return str(files("configs"))
+    return str(files("plasticity_lab.configs"))
 
 
 def register_config_nodes() -> None:
@@ -142,7 +142,7 @@ def register_config_nodes() -> None:
         cs.store(group="stream", name=name, node={"name": name, **streams.params(name)})
     for name in activations.names():
         cs.store(group="activation", name=name, node={"name": name, **activations.params(name)})
-    from lab.avalanche_bridge.strategies import STRATEGIES
+    from plasticity_lab.lab.avalanche_bridge.strategies import STRATEGIES
 
     for name, (_, params) in STRATEGIES.items():
         cs.store(group="agent/strategy", name=name, node={"name": name, **params}, package="agent.strategy")

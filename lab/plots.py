@@ -13,7 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from scipy.stats import bootstrap  # noqa: E402
 
-from lab.compare import Group  # noqa: E402
+from plasticity_lab.lab.compare import Group  # noqa: E402
 
 DIAGNOSTICS = [("units/dead_frac", "dead units (fraction)"), ("rank/effective", "effective rank"),
                ("weights/mean_abs", "mean |W|"), ("plasticity/probe_remaining", "plasticity remaining")]
@@ -33,7 +33,7 @@ def _regression(summaries: list[dict[str, Any]]) -> bool:
 def plot_run(out: Path, summary: dict[str, Any]) -> list[Path]:
     """A run's own figures under ``out/plots``: online accuracy (online squared
     error for a regression stream), accuracy matrix, diagnostics."""
-    from lab.compare import Run
+    from plasticity_lab.lab.compare import Run
 
     run = Run(out, summary, {})
     group = Group(f"{summary['experiment']} · {summary['activation']} · seed {summary['seed']}", [run])

@@ -20,16 +20,16 @@ from typing import Any, Callable
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from agents import Agent, StepInfo
-from agents.interventions import HOOKS
-from agents.interventions.resets import Reset
-from lab import checkpoint
-from lab.build import (as_dict, build_agent, build_interventions, build_stream, build_tracker, check_train, resolve_device,
+from plasticity_lab.agents import Agent, StepInfo
+from plasticity_lab.agents.interventions import HOOKS
+from plasticity_lab.agents.interventions.resets import Reset
+from plasticity_lab.lab import checkpoint
+from plasticity_lab.lab.build import (as_dict, build_agent, build_interventions, build_stream, build_tracker, check_train, resolve_device,
                        seed_everything, use_fast_path)
-from lab.progress import Progress
-from lab.results import DENSE_MAX_TASKS, Results
-from lab.sinks import JsonlSink, Sink, close_all, emit
-from streams import Stream, Task, task_rng
+from plasticity_lab.lab.progress import Progress
+from plasticity_lab.lab.results import DENSE_MAX_TASKS, Results
+from plasticity_lab.lab.sinks import JsonlSink, Sink, close_all, emit
+from plasticity_lab.streams import Stream, Task, task_rng
 
 EVAL_CHUNK = 2048
 
@@ -193,7 +193,7 @@ def finish_run(ctx: RunContext, wall: float) -> dict[str, Any]:
         summary["final_metrics"] = ctx.tracker.final()
         summary["diagnostics"] = ctx.tracker.series
     (ctx.out / "summary.json").write_text(json.dumps(summary, indent=1))
-    from lab.plots import plot_run
+    from plasticity_lab.lab.plots import plot_run
 
     summary["plots"] = [str(p) for p in plot_run(ctx.out, summary)]
     summary["out_dir"] = str(ctx.out)
@@ -205,7 +205,7 @@ def finish_run(ctx: RunContext, wall: float) -> dict[str, Any]:
 def _open_wandb(cfg: DictConfig, out: Path, run_id: str | None):
     if not cfg.wandb.enabled:
         return None
-    from lab.wandb_sink import WandbSink
+    from plasticity_lab.lab.wandb_sink import WandbSink
 
     w = cfg.wandb
     return WandbSink(out, as_dict(cfg), project=w.project, entity=w.entity, group=w.group or cfg.experiment,

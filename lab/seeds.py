@@ -24,16 +24,16 @@ from typing import Any, Iterator
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from agents.cuda_graph import graphed
-from agents.fused import FusedAgent
-from agents.stacked import StackedStep
-from lab import checkpoint
-from lab.progress import Progress
-from lab.runner import (RunContext, _emit, begin_task, check_finite, default_out_dir, end_task, epoch_order, finish_run,
+from plasticity_lab.agents.cuda_graph import graphed
+from plasticity_lab.agents.fused import FusedAgent
+from plasticity_lab.agents.stacked import StackedStep
+from plasticity_lab.lab import checkpoint
+from plasticity_lab.lab.progress import Progress
+from plasticity_lab.lab.runner import (RunContext, _emit, begin_task, check_finite, default_out_dir, end_task, epoch_order, finish_run,
                         open_run, progress_metric, save_checkpoint, task_examples)
-from lab.sinks import close_all
-from registry import ConfigError
-from streams import Task
+from plasticity_lab.lab.sinks import close_all
+from plasticity_lab.registry import ConfigError
+from plasticity_lab.streams import Task
 
 
 def check_seeds(seeds: Any) -> list[int]:
@@ -67,7 +67,7 @@ def run_seeds(cfg: DictConfig, out_dir: str | Path | None = None, resume: bool =
 def _check_stackable(ctxs: list[RunContext], seeds: list[int]) -> None:
     agents = [c.agent for c in ctxs]
     if not all(isinstance(a, FusedAgent) for a in agents):
-        from agents.fused import fused_reason
+        from plasticity_lab.agents.fused import fused_reason
 
         a = ctxs[0].agent
         why = fused_reason(a, [iv for iv in ctxs[0].interventions if hasattr(iv, "penalty")]) or "train.fast=false"

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from lab.sinks import plain
+from plasticity_lab.lab.sinks import plain
 
 MODES = ("auto", "online", "offline")
 
@@ -52,9 +52,6 @@ class WandbSink:
 
     def __init__(self, out_dir: Path, config: dict[str, Any], *, project: str, entity: str | None, group: str | None,
                  name: str | None, tags: list[str], job_type: str, mode: str, run_id: str | None = None):
-        # Our top-level package ``agents`` shares its name with an LLM library
-        # that wandb offers to trace with Weave; that suggestion is noise here.
-        os.environ.setdefault("WANDB_DISABLE_WEAVE", "true")
         import wandb
 
         self.mode = choose_mode(mode)

@@ -31,13 +31,13 @@ from typing import Any
 
 import torch
 
-from agents.agent import Agent, StepInfo
-from metrics.curvature import hessian_top_eigenvalue
-from metrics.probes import fresh_copy, linear_probe, trainability
-from metrics.rank import effective_rank, singular_values, srank, stable_rank
-from metrics.sparsity import activation_sparsity, derivative_sparsity
-from metrics.units import dead_fraction, dormant_fraction
-from metrics.weights import feature_norm, mean_abs
+from plasticity_lab.agents.agent import Agent, StepInfo
+from plasticity_lab.metrics.curvature import hessian_top_eigenvalue
+from plasticity_lab.metrics.probes import fresh_copy, linear_probe, trainability
+from plasticity_lab.metrics.rank import effective_rank, singular_values, srank, stable_rank
+from plasticity_lab.metrics.sparsity import activation_sparsity, derivative_sparsity
+from plasticity_lab.metrics.units import dead_fraction, dormant_fraction
+from plasticity_lab.metrics.weights import feature_norm, mean_abs
 
 EXACT_ZERO = {"relu", "relu2", "crelu", "hard_ash", "leaky_relu"}
 PROBE_SEED = 12345

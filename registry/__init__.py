@@ -7,7 +7,7 @@ without breaking the one-way arrows.
 
 A plug-in is one decorated definition::
 
-    from agents.activations import activations
+    from plasticity_lab.agents.activations import activations
 
     @activations.register("mine")
     def mine(x):

@@ -26,9 +26,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from registry import ConfigError
-from streams.stream import EvalSet, Stream, check_positive, streams, task_rng
-from streams.task import Task
+from plasticity_lab.registry import ConfigError
+from plasticity_lab.streams.stream import EvalSet, Stream, check_positive, streams, task_rng
+from plasticity_lab.streams.task import Task
 
 VARIANTS = ("flip_one", "new_pattern")
 

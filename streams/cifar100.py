@@ -28,9 +28,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from registry import ConfigError, DataError
-from streams.stream import EvalSet, Stream, streams, task_rng
-from streams.task import Task
+from plasticity_lab.registry import ConfigError, DataError
+from plasticity_lab.streams.stream import EvalSet, Stream, streams, task_rng
+from plasticity_lab.streams.task import Task
 
 MEAN = (0.5071, 0.4865, 0.4409)
 STD = (0.2673, 0.2564, 0.2762)

@@ -18,10 +18,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from registry import DataError
-from streams.imagenet32 import class_images, load_meta
-from streams.stream import EvalSet, Stream, check_positive, streams, task_rng
-from streams.task import Task
+from plasticity_lab.registry import DataError
+from plasticity_lab.streams.imagenet32 import class_images, load_meta
+from plasticity_lab.streams.stream import EvalSet, Stream, check_positive, streams, task_rng
+from plasticity_lab.streams.task import Task
 
 
 @streams.register("continual_imagenet")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from registry import ConfigError
+from plasticity_lab.registry import ConfigError
 
 _TYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 

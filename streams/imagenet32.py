@@ -25,7 +25,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from registry import DataError
+from plasticity_lab.registry import DataError
 
 SIDE = 32
 ROW = 3 * SIDE * SIDE

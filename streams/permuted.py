@@ -11,9 +11,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from streams.sources import load_images
-from streams.stream import EvalSet, Stream, check_positive, streams, task_rng
-from streams.task import Task
+from plasticity_lab.streams.sources import load_images
+from plasticity_lab.streams.stream import EvalSet, Stream, check_positive, streams, task_rng
+from plasticity_lab.streams.task import Task
 
 
 @streams.register("permuted_mnist")

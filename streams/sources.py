@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from registry import ConfigError
-from streams.idx import find_idx, read_idx
+from plasticity_lab.registry import ConfigError
+from plasticity_lab.streams.idx import find_idx, read_idx
 
 EMBEDDED = "embedded"
 EMBEDDED_TRAIN = 4000

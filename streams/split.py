@@ -12,10 +12,10 @@ from dataclasses import dataclass
 
 import torch
 
-from registry import ConfigError
-from streams.sources import load_images
-from streams.stream import Stream, check_positive, streams
-from streams.task import Task
+from plasticity_lab.registry import ConfigError
+from plasticity_lab.streams.sources import load_images
+from plasticity_lab.streams.stream import Stream, check_positive, streams
+from plasticity_lab.streams.task import Task
 
 SCENARIOS = ("task", "domain", "class")
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081

@@ -13,8 +13,8 @@ import torch
 
 import numpy as np
 
-from registry import ConfigError, Registry
-from streams.task import Task
+from plasticity_lab.registry import ConfigError, Registry
+from plasticity_lab.streams.task import Task
 
 streams = Registry("stream")
 

@@ -18,7 +18,7 @@ TINY = ["wandb.enabled=false", "progress=off", "agent.hidden=[32]", "stream.num_
 
 @pytest.fixture
 def compose():
-    from lab.config import compose_config
+    from plasticity_lab.lab.config import compose_config
 
     return compose_config
 
@@ -26,8 +26,8 @@ def compose():
 @pytest.fixture
 def tiny_run(tmp_path):
     """Run ``lab run`` in-process with small defaults plus ``overrides``."""
-    from lab.config import compose_config
-    from lab.runner import run
+    from plasticity_lab.lab.config import compose_config
+    from plasticity_lab.lab.runner import run
 
     def go(*overrides: str, out: str = "run", base=TINY):
         cfg = compose_config([*base, *overrides])

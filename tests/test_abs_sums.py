@@ -4,7 +4,7 @@ import shutil
 import pytest
 import torch
 
-from agents import abs_sums
+from plasticity_lab.agents import abs_sums
 
 
 @pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None, reason="no C++ compiler here")

@@ -3,7 +3,7 @@ import pytest
 
 import torch
 
-from metrics import avg_accuracy, bwt, forgetting, fwt, online_accuracy
+from plasticity_lab.metrics import avg_accuracy, bwt, forgetting, fwt, online_accuracy
 
 # R[i][j]: accuracy on task j after training task i (3 tasks).
 R = [
@@ -53,8 +53,8 @@ def test_results_keep_entries_and_score_like_the_dense_definitions():
     dense-matrix functions, for windowed and strided evaluation."""
     import random
 
-    from lab.results import Results
-    from metrics import avg_accuracy, bwt, forgetting
+    from plasticity_lab.lab.results import Results
+    from plasticity_lab.metrics import avg_accuracy, bwt, forgetting
 
     rng = random.Random(0)
     for window, every in ((None, 1), (3, 1), (4, 2), (1, 3)):

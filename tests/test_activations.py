@@ -6,10 +6,10 @@ import sys
 import pytest
 import torch
 
-from agents import MLP, activations
+from plasticity_lab.agents import MLP, activations
 from conftest import readme_snippet
-from agents.activations import init_gain, make_activation
-from registry import ConfigError
+from plasticity_lab.agents.activations import init_gain, make_activation
+from plasticity_lab.registry import ConfigError
 
 X = torch.tensor([[-2.0, -0.5, 0.0, 0.3, 1.0, 2.5]])
 sig = lambda v: 1 / (1 + math.exp(-v))
@@ -155,14 +155,14 @@ def test_user_activation_from_their_own_file(tmp_path):
     (tmp_path / "my_acts.py").write_text(PLUGIN)
     args = ["run", "plugins=[my_acts]", "activation=mine", "activation.p=1.5", "agent.optimizer.lr=0.05", "wandb.enabled=false", "progress=off",
             "stream.num_tasks=2", "stream.examples_per_task=1000", "out_dir=out"]
-    p = subprocess.run([sys.executable, "-m", "lab", *args], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    p = subprocess.run([sys.executable, "-m", "plasticity_lab.lab", *args], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr
     import json
 
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["activation"] == "mine" and summary["online_accuracy"][1] > 0.3
     assert "p: 1.5" in (tmp_path / "out" / "config.yaml").read_text()
-    listed = subprocess.run([sys.executable, "-m", "lab", "list"], cwd=tmp_path, capture_output=True, text=True)
+    listed = subprocess.run([sys.executable, "-m", "plasticity_lab.lab", "list"], cwd=tmp_path, capture_output=True, text=True)
     assert "mine" not in listed.stdout  # only where it is asked for
 
 
@@ -175,7 +175,7 @@ def test_user_activation_from_an_installed_entry_point(tmp_path, monkeypatch):
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: ep-acts\nVersion: 0.1\n")
     (dist / "entry_points.txt").write_text("[plasticity_lab.plugins]\nacts = ep_acts\n")
     monkeypatch.syspath_prepend(str(pkg))
-    from lab.config import compose_config
+    from plasticity_lab.lab.config import compose_config
 
     cfg = compose_config(["activation=mine_ep", "activation.p=1.5"])
     assert cfg.activation.name == "mine_ep" and cfg.activation.p == 1.5

@@ -5,9 +5,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from agents import MLP, Agent
-from agents.optimizers import make_optimizer
-from registry import ConfigError
+from plasticity_lab.agents import MLP, Agent
+from plasticity_lab.agents.optimizers import make_optimizer
+from plasticity_lab.registry import ConfigError
 
 
 def make(hidden=(8, 6), act="relu", lr=0.1, **kw):

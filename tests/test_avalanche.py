@@ -15,8 +15,8 @@ AVA = ["wandb.enabled=false", "progress=off", "experiment=split_mnist", "agent.h
 
 
 def test_lab_stream_as_avalanche_benchmark():
-    from lab.avalanche_bridge.benchmark import to_avalanche
-    from streams import streams
+    from plasticity_lab.lab.avalanche_bridge.benchmark import to_avalanche
+    from plasticity_lab.streams import streams
 
     stream = streams.get("split_mnist")(scenario="task").build(0)
     bm = to_avalanche(stream)
@@ -44,7 +44,7 @@ def test_avalanche_strategies_run_as_lab_agents(strategy, tiny_run, tmp_path):
 
 
 def test_bad_strategy_parameter_is_named(tiny_run):
-    from registry import ConfigError
+    from plasticity_lab.registry import ConfigError
 
     with pytest.raises(ConfigError, match="agent.strategy"):
         tiny_run("agent=avalanche", "agent.strategy=ewc", "+agent.strategy.lambda_ewc=3", base=AVA)
@@ -83,10 +83,10 @@ def test_intervention_plugin_replaces_units_inside_avalanche():
     from avalanche.training.plugins import EvaluationPlugin
     from avalanche.training.supervised import Naive
 
-    from agents import MLP
-    from lab.avalanche_bridge.benchmark import to_avalanche
-    from lab.avalanche_bridge.plugins import intervention_plugin
-    from streams import streams
+    from plasticity_lab.agents import MLP
+    from plasticity_lab.lab.avalanche_bridge.benchmark import to_avalanche
+    from plasticity_lab.lab.avalanche_bridge.plugins import intervention_plugin
+    from plasticity_lab.streams import streams
 
     torch.manual_seed(0)
     bm = to_avalanche(streams.get("split_mnist")(examples_per_task=300).build(0), num_tasks=2)

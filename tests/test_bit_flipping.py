@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from registry import ConfigError
-from streams.bit_flipping import BitFlipping, LTUTarget
+from plasticity_lab.registry import ConfigError
+from plasticity_lab.streams.bit_flipping import BitFlipping, LTUTarget
 
 
 def test_ltu_target_by_hand():

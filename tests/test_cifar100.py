@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from registry import ConfigError, DataError
-from streams.cifar100 import MEAN, STD, IncrementalCIFAR100, random_crop_flip
+from plasticity_lab.registry import ConfigError, DataError
+from plasticity_lab.streams.cifar100 import MEAN, STD, IncrementalCIFAR100, random_crop_flip
 
 
 def write_cifar(root, per_class=4, test_per_class=2):

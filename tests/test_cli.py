@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from lab.cli import main
+from plasticity_lab.lab.cli import main
 
 QUIET = ["wandb.enabled=false", "progress=off"]
 
@@ -51,7 +51,7 @@ def test_corrupt_data_file_is_named(tmp_path, capsys, monkeypatch):
 
 def test_subprocess_exit_code_and_no_traceback(tmp_path):
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    p = subprocess.run([sys.executable, "-m", "lab", "run", *QUIET, "activation=nope"], cwd=tmp_path,
+    p = subprocess.run([sys.executable, "-m", "plasticity_lab.lab", "run", *QUIET, "activation=nope"], cwd=tmp_path,
                        capture_output=True, text=True, env=env, timeout=120)
     assert p.returncode == 2
     assert "Traceback" not in p.stderr and "activation='nope'" in p.stderr
@@ -109,7 +109,7 @@ def test_dashboard_dry_run_prints_a_valid_workspace_spec(capsys):
     for what in ("online accuracy", "dead units", "effective rank", "weight magnitude", "forgetting", "plasticity"):
         assert what in titles, what
     assert "activation.name" in spec["group_by"]
-    from lab.dashboard import build_workspace
+    from plasticity_lab.lab.dashboard import build_workspace
 
     ws = build_workspace("plasticity", "someone", spec)
     assert len(ws.sections) == len(spec["sections"]) and ws.sections[0].panels[0].groupby_rangefunc == "stderr"

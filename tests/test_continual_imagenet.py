@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from lab.cli import main
-from registry import DataError
-from streams.imagenet32 import convert
+from plasticity_lab.lab.cli import main
+from plasticity_lab.registry import DataError
+from plasticity_lab.streams.imagenet32 import convert
 
 CLASSES, PER_BATCH = 4, 60
 
@@ -82,7 +82,7 @@ def imagenet_dir(tmp_path):
 
 
 def test_stream_pairs_classes_from_the_seed(imagenet_dir):
-    from streams.continual_imagenet import ContinualImageNet
+    from plasticity_lab.streams.continual_imagenet import ContinualImageNet
 
     s = ContinualImageNet(num_tasks=5, train_per_class=60, test_per_class=40).build(0, str(imagenet_dir))
     pairs = [s.task(k).origin["imagenet_classes"] for k in range(5)]
@@ -98,7 +98,7 @@ def test_stream_pairs_classes_from_the_seed(imagenet_dir):
 
 
 def test_stream_says_how_to_prepare_missing_data(tmp_path):
-    from streams.continual_imagenet import ContinualImageNet
+    from plasticity_lab.streams.continual_imagenet import ContinualImageNet
 
     with pytest.raises(DataError, match="lab data imagenet32 --src"):
         ContinualImageNet().build(0, str(tmp_path))

@@ -2,12 +2,12 @@
 import pytest
 import torch
 
-from agents.conv_net import ConvNet as _ConvNet
-from agents.networks import NetworkSpec
-from agents.interventions.cbp import WeightMagnitudes
-from agents.interventions.units import reset_units
-from agents.optimizers import make_optimizer
-from registry import ConfigError
+from plasticity_lab.agents.conv_net import ConvNet as _ConvNet
+from plasticity_lab.agents.networks import NetworkSpec
+from plasticity_lab.agents.interventions.cbp import WeightMagnitudes
+from plasticity_lab.agents.interventions.units import reset_units
+from plasticity_lab.agents.optimizers import make_optimizer
+from plasticity_lab.registry import ConfigError
 
 
 def ConvNet(input_shape, hidden, outputs, **kw):

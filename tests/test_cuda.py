@@ -12,11 +12,11 @@ BASE = ["wandb.enabled=false", "progress=off", "agent.hidden=[64,32]", "stream.n
 
 
 def test_off_the_gpu_the_step_is_not_wrapped():
-    from agents import MLP, Agent
-    from agents.cuda_graph import graphed
-    from agents.fused import FusedAgent
-    from agents.optimizers import make_optimizer
-    from agents.stacked import StackedStep
+    from plasticity_lab.agents import MLP, Agent
+    from plasticity_lab.agents.cuda_graph import graphed
+    from plasticity_lab.agents.fused import FusedAgent
+    from plasticity_lab.agents.optimizers import make_optimizer
+    from plasticity_lab.agents.stacked import StackedStep
 
     net = MLP(6, [5], 3)
     step = StackedStep([FusedAgent(Agent(net, make_optimizer(net.parameters(), "sgd", 0.1)))])
@@ -44,10 +44,10 @@ def test_graphed_run_equals_eager_run(extra, tiny_run, tmp_path):
 
 @cuda
 def test_the_graph_is_captured_and_replayed():
-    from agents import MLP, Agent
-    from agents.cuda_graph import GraphedStep, WARMUP
-    from agents.fused import FusedAgent
-    from agents.optimizers import make_optimizer
+    from plasticity_lab.agents import MLP, Agent
+    from plasticity_lab.agents.cuda_graph import GraphedStep, WARMUP
+    from plasticity_lab.agents.fused import FusedAgent
+    from plasticity_lab.agents.optimizers import make_optimizer
 
     torch.manual_seed(0)
     net = MLP(20, [16], 4).cuda()

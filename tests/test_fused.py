@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from registry import ConfigError
+from plasticity_lab.registry import ConfigError
 
 BASE = ["wandb.enabled=false", "progress=off", "agent.hidden=[32,16]", "stream.num_tasks=3",
         "stream.examples_per_task=200", "metrics.probe_every=0", "metrics.hessian_every=0", "agent.optimizer.lr=0.05"]
@@ -38,9 +38,9 @@ def test_fused_matches_autograd(extra, tiny_run, tmp_path):
 def test_one_fused_step_equals_one_autograd_step(act, batch, sums):
     import copy
 
-    from agents import MLP, Agent
-    from agents.fused import FusedAgent
-    from agents.optimizers import make_optimizer
+    from plasticity_lab.agents import MLP, Agent
+    from plasticity_lab.agents.fused import FusedAgent
+    from plasticity_lab.agents.optimizers import make_optimizer
 
     torch.manual_seed(0)
     net = MLP(6, [5, 4], 3, activation=act).double()
@@ -65,9 +65,9 @@ def test_one_fused_mse_step_equals_one_autograd_step():
     """The regression loss (bit-flipping): dL/dout = 2 (out - y) / B."""
     import copy
 
-    from agents import MLP, Agent
-    from agents.fused import FusedAgent
-    from agents.optimizers import make_optimizer
+    from plasticity_lab.agents import MLP, Agent
+    from plasticity_lab.agents.fused import FusedAgent
+    from plasticity_lab.agents.optimizers import make_optimizer
 
     torch.manual_seed(0)
     net = MLP(20, [5], 1).double()
@@ -91,9 +91,9 @@ def test_deferred_updates_equal_autograd_steps_in_float64(act, batch, wd):
     losses and features at every step."""
     import copy
 
-    from agents import MLP, Agent
-    from agents.fused import FusedAgent
-    from agents.optimizers import make_optimizer
+    from plasticity_lab.agents import MLP, Agent
+    from plasticity_lab.agents.fused import FusedAgent
+    from plasticity_lab.agents.optimizers import make_optimizer
 
     torch.manual_seed(0)
     net = MLP(6, [5, 4], 3, activation=act).double()
@@ -116,7 +116,7 @@ def test_deferred_updates_are_applied_before_the_weights_are_read(tiny_run, tmp_
     """A run defers (no per-step intervention; the size threshold lowered for a
     tiny net) and still checkpoints, evaluates and measures the current
     weights: its records equal the undeferred run's to float rounding."""
-    monkeypatch.setattr("agents.pending.MIN_WEIGHTS", 0)
+    monkeypatch.setattr("plasticity_lab.agents.pending.MIN_WEIGHTS", 0)
     on = tiny_run("train.batch_size=1", base=BASE, out="on")
     off = tiny_run("train.batch_size=1", "train.deferred_updates=0", base=BASE, out="off")
     assert on["deferred_updates"] == 16 and off["deferred_updates"] == 0
@@ -133,7 +133,7 @@ def test_deferred_updates_are_applied_before_the_weights_are_read(tiny_run, tmp_
 
 
 def test_deferral_is_used_only_where_it_pays(tiny_run):
-    from agents.pending import pays_off
+    from plasticity_lab.agents.pending import pays_off
 
     assert pays_off(9_600_000, 1, 16) and not pays_off(1_800_000, 1, 16) and not pays_off(9_600_000, 16, 16)
     assert tiny_run("train.batch_size=1", base=BASE)["deferred_updates"] == 0  # a tiny net: cache-resident weights

@@ -10,11 +10,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from agents import MLP, Agent, interventions
-from agents.interventions.redo import dormant_scores
-from agents.interventions.units import reset_units
-from agents.optimizers import make_optimizer
-from agents.upgd import UPGD
+from plasticity_lab.agents import MLP, Agent, interventions
+from plasticity_lab.agents.interventions.redo import dormant_scores
+from plasticity_lab.agents.interventions.units import reset_units
+from plasticity_lab.agents.optimizers import make_optimizer
+from plasticity_lab.agents.upgd import UPGD
 from conftest import readme_snippet
 
 
@@ -147,7 +147,7 @@ def test_shrink_and_perturb_per_step_and_at_task_start():
     w = big.model.layers[0].weight.detach().clone()
     interventions.get("shrink_perturb")(shrink=0.0, noise_std=0.01).after_step(big, None)
     assert float((big.model.layers[0].weight - w).std()) == pytest.approx(0.01, rel=0.02)
-    from streams import Task
+    from plasticity_lab.streams import Task
     t = lambda k: Task(k, x, y, x, y, (0, 1))
     at_task = interventions.get("shrink_perturb")(shrink=0.5, noise_std=0.0, at="task")
     w = agent.model.layers[1].weight.detach().clone()
@@ -191,7 +191,7 @@ def test_dormant_score_by_hand_and_redo_resets_dormant_units():
     with torch.no_grad():  # kill unit 2: always negative pre-activation
         agent.model.layers[0].weight[2] = -10.0 * torch.ones(3)
         agent.model.layers[0].bias[2] = -100.0
-    from streams import Task
+    from plasticity_lab.streams import Task
     x = torch.randn(64, 3, generator=torch.Generator().manual_seed(3))
     redo = interventions.get("redo")(tau=0.0, period=2, probe_size=32)
     redo.on_task_start(agent, Task(0, x, torch.zeros(64, dtype=torch.long), x, x, (0, 1)))
@@ -206,7 +206,7 @@ def test_dormant_score_by_hand_and_redo_resets_dormant_units():
 
 
 def test_resets_head_all_and_zero():
-    from streams import Task
+    from plasticity_lab.streams import Task
     x, y = batch()
     agent = tiny_agent("adam", hidden=(4, 4))
     agent.observe(x, y)
@@ -266,7 +266,7 @@ def test_combined_interventions_from_config(tiny_run):
     s = tiny_run("interventions=[cbp,l2,shrink_perturb]", "interventions.cbp.replacement_rate=0.01",
                  "interventions.cbp.maturity_threshold=5", "interventions.l2.weight=1e-3")
     assert s["interventions"] == ["cbp", "l2", "shrink_perturb"] and s["tasks_trained"] == 3
-    from registry import ConfigError
+    from plasticity_lab.registry import ConfigError
     with pytest.raises(ConfigError, match="util_type"):
         tiny_run("interventions=[cbp]", "interventions.cbp.util_type=best")
 
@@ -282,9 +282,9 @@ def test_user_intervention_from_their_own_file(tmp_path):
               "metrics.enabled=false"]
     args = ["run", "plugins=[my_resets]", "interventions=[reset_weakest]", "interventions.reset_weakest.per_task=2",
             *common, "out_dir=with"]
-    p = subprocess.run([sys.executable, "-m", "lab", *args], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    p = subprocess.run([sys.executable, "-m", "plasticity_lab.lab", *args], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr
-    p = subprocess.run([sys.executable, "-m", "lab", "run", *common, "out_dir=without"], cwd=tmp_path,
+    p = subprocess.run([sys.executable, "-m", "plasticity_lab.lab", "run", *common, "out_dir=without"], cwd=tmp_path,
                        capture_output=True, text=True, timeout=300)
     with_reset, plain = (json.loads((tmp_path / d / "summary.json").read_text()) for d in ("with", "without"))
     assert with_reset["interventions"] == ["reset_weakest"]

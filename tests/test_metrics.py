@@ -7,15 +7,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from agents import MLP, Agent
-from agents.optimizers import make_optimizer
-from metrics.curvature import hessian_top_eigenvalue
-from metrics.gradients import grad_norm, gradient_interference, per_sample_gradients
-from metrics.probes import linear_probe, trainability
-from metrics.rank import approximate_rank, effective_rank, numerical_rank, singular_values, srank, stable_rank
-from metrics.sparsity import activation_sparsity, derivative_sparsity, parameter_gradient_sparsity
-from metrics.units import dead_fraction, dormant_fraction, dormant_scores, inactive_fraction
-from metrics.weights import feature_norm, mean_abs
+from plasticity_lab.agents import MLP, Agent
+from plasticity_lab.agents.optimizers import make_optimizer
+from plasticity_lab.metrics.curvature import hessian_top_eigenvalue
+from plasticity_lab.metrics.gradients import grad_norm, gradient_interference, per_sample_gradients
+from plasticity_lab.metrics.probes import linear_probe, trainability
+from plasticity_lab.metrics.rank import approximate_rank, effective_rank, numerical_rank, singular_values, srank, stable_rank
+from plasticity_lab.metrics.sparsity import activation_sparsity, derivative_sparsity, parameter_gradient_sparsity
+from plasticity_lab.metrics.units import dead_fraction, dormant_fraction, dormant_scores, inactive_fraction
+from plasticity_lab.metrics.weights import feature_norm, mean_abs
 
 A = torch.tensor([[0.0, 1.0, 0.0, 2.0],
                   [0.0, 3.0, 0.0, 0.0],

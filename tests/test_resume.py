@@ -14,13 +14,13 @@ VOLATILE = {"wall_time_s", "examples_per_s", "plots", "out_dir", "wandb_sync"}
 
 
 def lab(*args, cwd):
-    return subprocess.run([sys.executable, "-m", "lab", *args], cwd=cwd, capture_output=True, text=True, timeout=600)
+    return subprocess.run([sys.executable, "-m", "plasticity_lab.lab", *args], cwd=cwd, capture_output=True, text=True, timeout=600)
 
 
 def test_sigkill_mid_task_then_resume_matches_uninterrupted(tmp_path):
     full = lab("run", *ARGS, "out_dir=full", cwd=tmp_path)
     assert full.returncode == 0, full.stderr
-    victim = subprocess.Popen([sys.executable, "-m", "lab", "run", *ARGS, "out_dir=killed"], cwd=tmp_path,
+    victim = subprocess.Popen([sys.executable, "-m", "plasticity_lab.lab", "run", *ARGS, "out_dir=killed"], cwd=tmp_path,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     ckpt = tmp_path / "killed" / "checkpoints" / "last.pt"
     deadline = time.time() + 300

@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from lab.runner import NonFiniteLoss
+from plasticity_lab.lab.runner import NonFiniteLoss
 
 
 def test_outputs_and_summary(tiny_run, tmp_path):
@@ -70,7 +70,7 @@ def test_eval_window_and_cadence(tiny_run):
 def test_nan_loss_stops_with_message_and_keeps_checkpoint(tiny_run, tmp_path, monkeypatch):
     from dataclasses import dataclass
 
-    from agents.interventions import interventions
+    from plasticity_lab.agents.interventions import interventions
 
     @dataclass
     class Poison:
@@ -98,7 +98,7 @@ def test_nan_loss_stops_with_message_and_keeps_checkpoint(tiny_run, tmp_path, mo
 def test_runs_started_together_get_their_own_directories(tmp_path):
     from concurrent.futures import ThreadPoolExecutor
 
-    from lab.runner import claim_dir
+    from plasticity_lab.lab.runner import claim_dir
 
     with ThreadPoolExecutor(8) as pool:
         dirs = list(pool.map(lambda _: claim_dir(tmp_path / "runs" / "20261125-120000"), range(8)))

@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from registry import ConfigError
+from plasticity_lab.registry import ConfigError
 
 BASE = ["wandb.enabled=false", "progress=off", "agent.hidden=[32,16]", "stream.num_tasks=3",
         "stream.examples_per_task=160", "metrics.probe_every=0", "metrics.hessian_every=0", "agent.optimizer.lr=0.05",
@@ -33,10 +33,10 @@ def weights(run_dir):
     ["experiment=bit_flipping", "stream.num_tasks=3", "stream.flip_every=200", "agent.hidden=[5]"],
 ], ids=["backprop_batch1", "cbp_bernoulli", "shrink_perturb_l2_tanh", "split_task_heads", "bit_flipping_mse"])
 def test_each_seed_equals_its_run_alone(extra, compose, tmp_path, monkeypatch):
-    from lab.runner import run
-    from lab.seeds import run_seeds
+    from plasticity_lab.lab.runner import run
+    from plasticity_lab.lab.seeds import run_seeds
 
-    monkeypatch.setattr("agents.pending.MIN_WEIGHTS", 0)  # batch-1 backprop defers its updates here too
+    monkeypatch.setattr("plasticity_lab.agents.pending.MIN_WEIGHTS", 0)  # batch-1 backprop defers its updates here too
 
     base = [o for o in BASE if not ("experiment=bit_flipping" in extra and o.startswith("stream.examples"))]
     many = run_seeds(compose([*base, *extra, "seeds=[0,1,2]"]), tmp_path / "many")
@@ -54,7 +54,7 @@ def test_each_seed_equals_its_run_alone(extra, compose, tmp_path, monkeypatch):
 
 
 def test_seed_checkpoints_hold_only_their_own_weights(compose, tmp_path):
-    from lab.seeds import run_seeds
+    from plasticity_lab.lab.seeds import run_seeds
 
     run_seeds(compose([*BASE, "seeds=[0,1,2,3]"]), tmp_path / "m")
     alone = sum(v.untyped_storage().nbytes() for v in weights(tmp_path / "m/seed_0").values())
@@ -62,22 +62,22 @@ def test_seed_checkpoints_hold_only_their_own_weights(compose, tmp_path):
 
 
 def test_interrupted_seeds_resume_to_the_same_end(compose, tmp_path, monkeypatch):
-    import lab.seeds
-    from lab.seeds import run_seeds
+    import plasticity_lab.lab.seeds as seeds_module
+    from plasticity_lab.lab.seeds import run_seeds
 
     cfg = compose([*BASE, "seeds=[3,4]"])
     run_seeds(cfg, tmp_path / "whole")
-    real_end = lab.seeds.end_task
+    real_end = seeds_module.end_task
 
     def end_then_die(ctx, task, *a, **kw):
         if task.id == 2:
             raise KeyboardInterrupt
         return real_end(ctx, task, *a, **kw)
 
-    monkeypatch.setattr(lab.seeds, "end_task", end_then_die)
+    monkeypatch.setattr(seeds_module, "end_task", end_then_die)
     with pytest.raises(KeyboardInterrupt):
         run_seeds(cfg, tmp_path / "cut")
-    monkeypatch.setattr(lab.seeds, "end_task", real_end)
+    monkeypatch.setattr(seeds_module, "end_task", real_end)
     run_seeds(cfg, tmp_path / "cut", resume=True)
     for s in (3, 4):
         for k, v in weights(tmp_path / f"whole/seed_{s}").items():
@@ -86,7 +86,7 @@ def test_interrupted_seeds_resume_to_the_same_end(compose, tmp_path, monkeypatch
 
 
 def test_cli_runs_seeds_into_their_own_directories_and_wandb_runs(tmp_path, monkeypatch, capsys):
-    from lab.cli import main
+    from plasticity_lab.lab.cli import main
 
     monkeypatch.chdir(tmp_path)
     code = main(["run", *[o for o in BASE if not o.startswith("wandb")], "wandb.mode=offline", "seeds=[0,1]",
@@ -100,7 +100,7 @@ def test_cli_runs_seeds_into_their_own_directories_and_wandb_runs(tmp_path, monk
 
 
 def test_unsupported_runs_say_what_to_do_instead(compose, tmp_path):
-    from lab.seeds import run_seeds
+    from plasticity_lab.lab.seeds import run_seeds
 
     with pytest.raises(ConfigError, match="seeds.*Adam.*--multirun seed=0,1"):
         run_seeds(compose([*BASE, "agent.optimizer.name=adam", "seeds=[0,1]"]), tmp_path / "a")

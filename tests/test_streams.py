@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from conftest import FASHION
-from registry import ConfigError
-from streams import streams
-from streams.idx import read_idx
-from streams.sources import load_images
+from plasticity_lab.registry import ConfigError
+from plasticity_lab.streams import streams
+from plasticity_lab.streams.idx import read_idx
+from plasticity_lab.streams.sources import load_images
 
 
 def permuted(**kw):

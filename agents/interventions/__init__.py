@@ -17,7 +17,7 @@ hands to the sinks. State worth checkpointing goes in ``state_dict`` /
 a dataclass whose fields are its parameters; they are plain objects over
 (model, optimizer, features), so your own training loop can call them too.
 """
-from registry import Registry
+from plasticity_lab.registry import Registry
 
 interventions = Registry("intervention")
 

@@ -31,9 +31,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from agents.agent import Agent, StepInfo
-from agents.interventions import interventions
-from agents.interventions.units import per_unit, reset_units
+from plasticity_lab.agents.agent import Agent, StepInfo
+from plasticity_lab.agents.interventions import interventions
+from plasticity_lab.agents.interventions.units import per_unit, reset_units
 
 UTIL_TYPES = ("contribution", "zero_contribution", "adaptable_contribution", "feature_by_input", "weight",
               "adaptation", "random")

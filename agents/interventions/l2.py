@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from agents.interventions import interventions
+from plasticity_lab.agents.interventions import interventions
 
 
 @interventions.register("l2")

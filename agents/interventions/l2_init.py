@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from agents.agent import Agent
-from agents.interventions import interventions
+from plasticity_lab.agents.agent import Agent
+from plasticity_lab.agents.interventions import interventions
 
 
 @interventions.register("l2_init")

@@ -19,12 +19,12 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from agents.agent import Agent, StepInfo
-from agents.interventions import interventions
-from agents.interventions.units import per_unit, reset_units
+from plasticity_lab.agents.agent import Agent, StepInfo
+from plasticity_lab.agents.interventions import interventions
+from plasticity_lab.agents.interventions.units import per_unit, reset_units
 
 if TYPE_CHECKING:
-    from streams import Task
+    from plasticity_lab.streams import Task
 
 
 def dormant_scores(h: torch.Tensor) -> torch.Tensor:

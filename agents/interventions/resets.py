@@ -15,11 +15,11 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from agents.agent import Agent, StepInfo
-from agents.interventions import interventions, run_per_task
+from plasticity_lab.agents.agent import Agent, StepInfo
+from plasticity_lab.agents.interventions import interventions, run_per_task
 
 if TYPE_CHECKING:
-    from streams import Task
+    from plasticity_lab.streams import Task
 
 
 @interventions.register("reset")

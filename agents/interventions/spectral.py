@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from agents.agent import Agent
-from agents.interventions import interventions
+from plasticity_lab.agents.agent import Agent
+from plasticity_lab.agents.interventions import interventions
 
 
 @interventions.register("spectral")

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from agents.networks import UnitLayer
+from plasticity_lab.agents.networks import UnitLayer
 
 
 def outgoing_columns(units: torch.Tensor, count: int) -> torch.Tensor:

@@ -17,7 +17,7 @@ from avalanche.benchmarks.utils import DataAttribute
 from avalanche.benchmarks.utils.classification_dataset import TaskAwareClassificationDataset
 from torch.utils.data import TensorDataset
 
-from streams import Stream, Task
+from plasticity_lab.streams import Stream, Task
 
 
 def task_dataset(x: torch.Tensor, y: torch.Tensor, task_label: int) -> TaskAwareClassificationDataset:

@@ -16,10 +16,10 @@ from avalanche.core import SupervisedPlugin
 from avalanche.evaluation import PluginMetric
 from avalanche.evaluation.metric_results import MetricValue
 
-from agents import Agent, StepInfo
-from agents.interventions import interventions
-from metrics.tracker import Tracker
-from streams import Task
+from plasticity_lab.agents import Agent, StepInfo
+from plasticity_lab.agents.interventions import interventions
+from plasticity_lab.metrics.tracker import Tracker
+from plasticity_lab.streams import Task
 
 PROBE_EXAMPLES = 2000
 

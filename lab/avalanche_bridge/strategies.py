@@ -18,8 +18,8 @@ from typing import Any, Callable
 
 import torch
 
-from agents import Agent
-from streams import Task
+from plasticity_lab.agents import Agent
+from plasticity_lab.streams import Task
 
 STRATEGIES: dict[str, tuple[str, dict[str, Any]]] = {
     "naive": ("Naive", {}),
@@ -38,7 +38,7 @@ class AvalancheAgent(Agent):
     def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, strategy: dict[str, Any],
                  batch_size: int, epochs: int, device: torch.device, loss: str = "cross_entropy"):
         super().__init__(model, optimizer, loss)
-        from registry import ConfigError
+        from plasticity_lab.registry import ConfigError
 
         params = dict(strategy)
         name = params.pop("name")
@@ -56,7 +56,7 @@ class AvalancheAgent(Agent):
         import avalanche.training.supervised as sup
         from avalanche.training.plugins import EvaluationPlugin
 
-        from lab.avalanche_bridge.plugins import OnlineAccuracy, StepHooks
+        from plasticity_lab.lab.avalanche_bridge.plugins import OnlineAccuracy, StepHooks
 
         self._online = OnlineAccuracy()
         self._hooks = StepHooks(self, [])
@@ -67,7 +67,7 @@ class AvalancheAgent(Agent):
 
     def train_task(self, task: Task, task_label: int, step_hooks: list[Callable]) -> tuple[int, float, int, int]:
         """Train ``task`` with the strategy: (correct, summed loss, examples, updates), read once."""
-        from lab.avalanche_bridge.benchmark import task_experience
+        from plasticity_lab.lab.avalanche_bridge.benchmark import task_experience
 
         self._hooks.step_hooks = step_hooks
         self._online.reset(self.device)
