@@ -5,19 +5,22 @@ pre-activation tensor (keyword arguments are its parameters) or an
 ``nn.Module`` class (``__init__`` keywords are its parameters; a ``width``
 argument, if it has one, receives the layer's width)::
 
-    @activations.register("mine", gain="relu")
+    @activations.register("mine", gain="relu", exact_zeros=True,
+                          derivative=lambda z, h, p=2.0: p * z.clamp(min=0) ** (p - 1))
     def mine(x, p: float = 2.0):
         return x.clamp(min=0) ** p
 
-``gain`` is the gain the network builder uses in Kaiming-uniform init (a
-``torch.nn.init.calculate_gain`` name or a number); ``width_factor`` says how
-many outputs per unit the activation produces (2 for CReLU).
+Everything else the lab knows about an activation is declared in that one
+registration (:class:`ActivationFacts`): its init gain, width factor, bias
+init, its derivative (which opts it into the fused SGD path) and whether it
+outputs exact zeros (which sets the sparsity metrics' threshold).
 """
 from __future__ import annotations
 
 import inspect
 import math
-from typing import Any, Callable
+from dataclasses import dataclass
+from typing import Any, Callable, Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -25,7 +28,38 @@ from torch import nn
 
 from plasticity_lab.registry import ConfigError, Registry
 
-activations = Registry("activation", reserved={"width"})
+
+@dataclass(frozen=True)
+class ActivationFacts:
+    """What a registration declares about an activation phi.
+
+    ``gain``: the gain of its Kaiming-uniform init (a
+    ``torch.nn.init.calculate_gain`` name, a number, or a function of the
+    activation's parameters); ``width_factor``: outputs per unit (2 when it
+    concatenates two views, as CReLU); ``bias_init(width, **params)``: the
+    initial bias of the Linear feeding it (None: zeros); ``derivative(z, h,
+    **params)``: phi'(z) elementwise, given the pre-activation z and h =
+    phi(z), which the fused SGD path (agents/fused.py) uses instead of
+    autograd (only for functions without trainable parameters; None keeps such
+    a run on autograd); ``exact_zeros``: phi outputs exact zeros on a whole
+    region (the ReLU family), so sparsity counts |h| == 0, not |h| <= eps.
+    """
+
+    gain: Union[str, float, Callable[..., float]] = "relu"
+    width_factor: int = 1
+    bias_init: Optional[Callable[..., torch.Tensor]] = None
+    derivative: Optional[Callable[..., torch.Tensor]] = None
+    exact_zeros: bool = False
+
+
+def _check_registration(name: str, obj: Any, facts: ActivationFacts) -> None:
+    """A derivative is only meaningful for an elementwise function of fixed parameters."""
+    if facts.derivative is not None and inspect.isclass(obj):
+        raise TypeError(f"activation {name!r}: derivative= is for function activations (elementwise, no trainable "
+                        "parameters); a module activation trains through autograd")
+
+
+activations = Registry("activation", reserved={"width"}, facts=ActivationFacts, check=_check_registration)
 
 
 class FunctionActivation(nn.Module):
@@ -37,6 +71,10 @@ class FunctionActivation(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fn(x, **self.params)
+
+    def derivative(self, z: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        """phi'(z) from the registered derivative (``activation_facts(name).derivative`` must be set)."""
+        return activations.facts(self.name).derivative(z, h, **self.params)
 
     def extra_repr(self) -> str:
         return ", ".join([self.name] + [f"{k}={v}" for k, v in self.params.items()])
@@ -61,9 +99,14 @@ def make_activation(name: str, width: int, **params: Any) -> nn.Module:
         raise ConfigError(f"activation ({name})", params, str(err)) from None
 
 
+def activation_facts(name: str) -> ActivationFacts:
+    """What ``name``'s registration declared (ConfigError for an unknown name)."""
+    return activations.facts(name)
+
+
 def init_gain(name: str, params: dict[str, Any] | None = None) -> float:
     """The Kaiming gain for ``name``, from its ``gain`` registration fact."""
-    gain = activations.entry(name).meta.get("gain", "relu")
+    gain = activation_facts(name).gain
     if callable(gain):
         return float(gain(**(params or {})))
     if isinstance(gain, str):
@@ -73,12 +116,12 @@ def init_gain(name: str, params: dict[str, Any] | None = None) -> float:
 
 def width_factor(name: str) -> int:
     """Outputs per unit (2 when the activation concatenates two views)."""
-    return int(activations.entry(name).meta.get("width_factor", 1))
+    return int(activation_facts(name).width_factor)
 
 
 def bias_init(name: str, width: int, params: dict[str, Any] | None = None) -> torch.Tensor | None:
     """The initial bias of the Linear feeding this activation (None: zeros)."""
-    fn = activations.entry(name).meta.get("bias_init")
+    fn = activation_facts(name).bias_init
     return None if fn is None else fn(width, **{k: v for k, v in (params or {}).items() if k in inspect.signature(fn).parameters})
 
 
@@ -88,13 +131,14 @@ def _positive(**values: float) -> None:
             raise ValueError(f"{key} must be > 0, got {value}")
 
 
-@activations.register("relu", gain="relu")
+@activations.register("relu", gain="relu", exact_zeros=True, derivative=lambda z, h: (z > 0).to(z.dtype))
 def relu(x: torch.Tensor) -> torch.Tensor:
     """ReLU: max(0, x) (Nair & Hinton 2010)."""
     return F.relu(x)
 
 
-@activations.register("leaky_relu", gain=lambda negative_slope=0.01: nn.init.calculate_gain("leaky_relu", negative_slope))
+@activations.register("leaky_relu", gain=lambda negative_slope=0.01: nn.init.calculate_gain("leaky_relu", negative_slope),
+                      derivative=lambda z, h, negative_slope=0.01: torch.where(z > 0, 1.0, negative_slope).to(z.dtype))
 def leaky_relu(x: torch.Tensor, negative_slope: float = 0.01) -> torch.Tensor:
     """Leaky ReLU: x if x > 0 else negative_slope * x (Maas et al. 2013)."""
     if not 0 <= negative_slope < 1:
@@ -102,34 +146,37 @@ def leaky_relu(x: torch.Tensor, negative_slope: float = 0.01) -> torch.Tensor:
     return F.leaky_relu(x, negative_slope)
 
 
-@activations.register("tanh", gain="tanh")
+@activations.register("tanh", gain="tanh", derivative=lambda z, h: 1 - h * h)
 def tanh(x: torch.Tensor) -> torch.Tensor:
     """Hyperbolic tangent."""
     return torch.tanh(x)
 
 
-@activations.register("sigmoid", gain="sigmoid")
+@activations.register("sigmoid", gain="sigmoid", derivative=lambda z, h: h * (1 - h))
 def sigmoid(x: torch.Tensor) -> torch.Tensor:
     """Logistic sigmoid 1 / (1 + exp(-x))."""
     return torch.sigmoid(x)
 
 
-@activations.register("linear", gain="linear")
+@activations.register("linear", gain="linear", derivative=lambda z, h: torch.ones_like(z))
 def linear(x: torch.Tensor) -> torch.Tensor:
     """Identity (a linear network; the baseline of Dohare et al.'s regression study)."""
     return x
 
 
 
-
-@activations.register("elu", gain="relu")
+@activations.register("elu", gain="relu", derivative=lambda z, h, alpha=1.0: torch.where(z > 0, torch.ones_like(h), h + alpha))
 def elu(x: torch.Tensor, alpha: float = 1.0) -> torch.Tensor:
     """ELU: x if x > 0 else alpha (e^x - 1) (Clevert et al. 2016). Dohare's code inits with the ReLU gain."""
     _positive(alpha=alpha)
     return F.elu(x, alpha)
 
 
-@activations.register("selu", gain=1.0)
+SELU_SCALE, SELU_ALPHA = 1.0507009873554805, 1.6732632423543772
+"""SELU's fixed lambda and alpha (Klambauer et al. 2017, eq. 2), as ``F.selu`` uses them."""
+
+
+@activations.register("selu", gain=1.0, derivative=lambda z, h: torch.where(z > 0, torch.full_like(h, SELU_SCALE), h + SELU_SCALE * SELU_ALPHA))
 def selu(x: torch.Tensor) -> torch.Tensor:
     """SELU: lambda (x if x > 0 else alpha (e^x - 1)), lambda = 1.0507..., alpha = 1.6733...
     (Klambauer et al. 2017). LeCun-uniform init (gain 1, bound sqrt(3/fan_in)), as Dohare's code."""
@@ -144,26 +191,27 @@ def gelu(x: torch.Tensor, approximate: str = "none") -> torch.Tensor:
     return F.gelu(x, approximate=approximate)
 
 
-@activations.register("silu", aliases=("swish",), gain="relu")
+@activations.register("silu", aliases=("swish",), gain="relu",
+                      derivative=lambda z, h: torch.sigmoid(z) * (1 + z * (1 - torch.sigmoid(z))))
 def silu(x: torch.Tensor) -> torch.Tensor:
     """SiLU / Swish: x sigmoid(x) (Ramachandran et al. 2017; Dohare's "swish", ReLU gain)."""
     return F.silu(x)
 
 
-@activations.register("softplus", gain="relu")
+@activations.register("softplus", gain="relu", derivative=lambda z, h, beta=1.0: torch.sigmoid(beta * z))
 def softplus(x: torch.Tensor, beta: float = 1.0) -> torch.Tensor:
     """Softplus: log(1 + e^(beta x)) / beta."""
     _positive(beta=beta)
     return F.softplus(x, beta)
 
 
-@activations.register("relu2", gain="relu")
+@activations.register("relu2", gain="relu", exact_zeros=True, derivative=lambda z, h: 2 * z.clamp(min=0))
 def relu2(x: torch.Tensor) -> torch.Tensor:
     """Squared ReLU: max(0, x)^2 (So et al. 2021, Primer, arXiv:2109.08668)."""
     return F.relu(x).square()
 
 
-@activations.register("crelu", gain="relu", width_factor=2)
+@activations.register("crelu", gain="relu", width_factor=2, exact_zeros=True)
 def crelu(x: torch.Tensor) -> torch.Tensor:
     """CReLU: [ReLU(x), ReLU(-x)] concatenated on the feature dim, so the next
     layer sees 2H inputs (Shang et al. 2016; Abbas et al. 2023, arXiv:2303.07507,
@@ -288,7 +336,7 @@ class ASH(nn.Module):
         return x * torch.sigmoid(self.alpha * (x - mu - self.z_k * sigma))
 
 
-@activations.register("hard_ash", gain="relu")
+@activations.register("hard_ash", gain="relu", exact_zeros=True)
 def hard_ash(x: torch.Tensor, alpha: float = 3.0, z_k: float = 1.9) -> torch.Tensor:
     """Hard ASH: clip(x, 0, 2) sigmoid(alpha (x - mu - z_k sigma)), mu and sigma
     over the layer's units per example, alpha = 3 and z_k fixed (Keskinen 2024,

@@ -7,7 +7,7 @@ correct predictions from the *same* forward pass, before the update
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -133,3 +133,14 @@ class Agent:
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
+
+
+class WholeTaskAgent(Agent):
+    """An agent that trains a whole task with its own loop (an Avalanche
+    strategy): the runner calls ``train_task`` instead of stepping it."""
+
+    def train_task(self, task: Any, task_label: int, step_hooks: list[Callable[["Agent", StepInfo], Any]]
+                   ) -> tuple[int, float, int, int]:
+        """Train ``task``, calling ``step_hooks`` after every update; returns
+        (correct pre-update predictions, summed loss, examples, updates)."""
+        raise NotImplementedError

@@ -40,7 +40,7 @@ class StackedStep:
     """One fused SGD step for N agents with identical configurations."""
 
     def __init__(self, agents: list):
-        """``agents``: FusedAgents (their ``derivative``, ``act_params`` and ``extra_decay`` are used)."""
+        """``agents``: FusedAgents of one configuration (the first one's activations, loss, decay and options serve all)."""
         first = agents[0]
         self.agents = agents
         for a in agents:
@@ -48,9 +48,7 @@ class StackedStep:
                 a._stack.flush()
             a._stack = self  # the step that holds (and flushes) each agent's weights
         self.loss_name = first.loss_name
-        self.derivative = first.derivative
-        self.act_params = first.act_params
-        self.acts = first.model.acts
+        self.acts = first.model.acts  # FunctionActivations (fused_reason): phi and its registered phi'
         self._mask_key: list | None = None
         self._masks: torch.Tensor | None = None
         self.weights: list[torch.Tensor] = []
@@ -127,7 +125,7 @@ class StackedStep:
                 d = torch.bmm(deltas[-1], self.weights[i + 1])
                 if self._deferring():
                     d = self.pending.backward(i + 1, deltas[-1], d)
-                deltas.append(d * self.derivative(pre[i], feats[i], self.act_params[i]))
+                deltas.append(d * self.acts[i].derivative(pre[i], feats[i]))
             deltas.reverse()
             self._update(deltas, ins, lr, 1 - lr * decay)
 
@@ -194,7 +192,7 @@ class StackedStep:
                 update_with_abs_sums(w[i], d[i, 0], ins[layer][i, 0], lr, factor, rows[i], cols[i],
                                      back[i, 0] if back is not None else None)
             if layer:
-                deltas.append(back * self.derivative(pre[layer - 1], feats[layer - 1], self.act_params[layer - 1]))
+                deltas.append(back * self.acts[layer - 1].derivative(pre[layer - 1], feats[layer - 1]))
         deltas.reverse()
         return deltas
 

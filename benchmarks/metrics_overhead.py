@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from plasticity_lab.agents import MLP, Agent
 from plasticity_lab.agents.optimizers import make_optimizer
 from plasticity_lab.lab.config import compose_config
-from plasticity_lab.lab.runner import run
+from plasticity_lab.lab.loop import run
 from plasticity_lab.metrics.curvature import hessian_top_eigenvalue
 from plasticity_lab.metrics.probes import trainability
 from plasticity_lab.metrics.rank import effective_rank, singular_values, srank, stable_rank

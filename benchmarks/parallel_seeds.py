@@ -32,14 +32,13 @@ def timed(fn) -> float:
 
 def throughput(seeds: list[int], tasks: int, examples: int, batch: int, out: Path) -> dict:
     from plasticity_lab.lab.config import compose_config
-    from plasticity_lab.lab.runner import run
-    from plasticity_lab.lab.seeds import run_seeds
+    from plasticity_lab.lab.loop import run
 
     base = [*COMMON, f"stream.num_tasks={tasks}", f"stream.examples_per_task={examples}", f"train.batch_size={batch}"]
     vec_runs: list = []
     seq_runs: list = []
-    vec = timed(lambda: vec_runs.extend(run_seeds(compose_config([*base, f"seeds={seeds}".replace(" ", "")]), out / f"vec{batch}")))
-    seq = timed(lambda: seq_runs.extend(run(compose_config([*base, f"seed={s}"]), out / f"seq{batch}_{s}") for s in seeds))
+    vec = timed(lambda: vec_runs.extend(run(compose_config([*base, f"seeds={seeds}".replace(" ", "")]), out / f"vec{batch}")))
+    seq = timed(lambda: seq_runs.extend(run(compose_config([*base, f"seed={s}"]), out / f"seq{batch}_{s}")[0] for s in seeds))
     n = len(seeds) * tasks * examples
     # training loop only (summary examples_per_s = examples / time in the training loop): vectorised seeds share that time
     vec_train = n / (vec_runs[0]["examples"] / vec_runs[0]["examples_per_s"])
@@ -55,7 +54,7 @@ def peak_memory_mb(seeds: list[int], tasks: int, out: Path) -> float:
                  "stream.examples_per_task=16", "train.batch_size=16", "train.eval_every=50", "train.eval_window=5",
                  "metrics.task_every=50", "metrics.probe_every=0", "metrics.hessian_every=0",
                  f"seeds={seeds}".replace(" ", ""), f"out_dir={out / f'mem{tasks}'}"]
-    code = ("import resource, sys; from lab.cli import main; code = main(['run', *sys.argv[1:]]); "
+    code = ("import resource, sys; from plasticity_lab.lab.cli import main; code = main(['run', *sys.argv[1:]]); "
             "print('MAXRSS', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
     done = subprocess.run([sys.executable, "-c", code, *overrides], cwd=ROOT, capture_output=True, text=True, check=True)
     return int(done.stdout.split("MAXRSS")[-1]) / 1024

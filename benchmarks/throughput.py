@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from plasticity_lab.agents import MLP
 from plasticity_lab.lab.config import compose_config
-from plasticity_lab.lab.runner import run
+from plasticity_lab.lab.loop import run
 from plasticity_lab.streams import streams, task_rng
 
 HIDDEN = [100, 100]
@@ -62,7 +62,7 @@ def lab_loop(batch_size: int, tasks: int, seed: int = 0) -> float:
         "train.eval_window=1", "train.checkpoint=false", f"seed={seed}",
     ])
     with tempfile.TemporaryDirectory() as out:
-        return run(cfg, out)["examples_per_s"]
+        return run(cfg, out)[0]["examples_per_s"]
 
 
 def main() -> None:

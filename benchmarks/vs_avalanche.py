@@ -18,7 +18,7 @@ import torch
 
 from plasticity_lab.agents import MLP
 from plasticity_lab.lab.config import compose_config
-from plasticity_lab.lab.runner import run
+from plasticity_lab.lab.loop import run
 from plasticity_lab.streams import streams
 
 
@@ -26,7 +26,7 @@ def lab_rate(seed: int) -> float:
     cfg = compose_config(["wandb.enabled=false", "progress=off", "experiment=split_mnist", "metrics.enabled=false",
                           "train.checkpoint=false", f"seed={seed}"])
     with tempfile.TemporaryDirectory() as out:
-        return run(cfg, out)["examples_per_s"]
+        return run(cfg, out)[0]["examples_per_s"]
 
 
 def avalanche_rate(seed: int) -> float:

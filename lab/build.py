@@ -6,6 +6,7 @@ bad value fails at once (ConfigError) rather than mid-run.
 from __future__ import annotations
 
 import random
+import sys
 from typing import Any
 
 import numpy as np
@@ -13,8 +14,11 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from plasticity_lab.agents import Agent, interventions, networks
+from plasticity_lab.agents.hooks import HookPlan
+from plasticity_lab.agents.interventions import Intervention
 from plasticity_lab.agents.networks import NetworkSpec
 from plasticity_lab.agents.optimizers import make_optimizer
+from plasticity_lab.metrics.tracker import Tracker
 from plasticity_lab.registry import ConfigError
 from plasticity_lab.streams import Stream, streams
 
@@ -71,7 +75,7 @@ def build_agent(cfg: DictConfig, stream: Stream, device: torch.device) -> Agent:
     return Agent(net, optimizer, loss=cfg.agent.loss)
 
 
-def build_interventions(cfg: DictConfig) -> list[Any]:
+def build_interventions(cfg: DictConfig) -> list[Intervention]:
     """One instance per entry of ``cfg.interventions`` (name -> parameters)."""
     out = []
     for name, params in as_dict(cfg.interventions).items():
@@ -85,10 +89,8 @@ def build_interventions(cfg: DictConfig) -> list[Any]:
     return out
 
 
-def build_tracker(cfg: DictConfig) -> Any:
+def build_tracker(cfg: DictConfig) -> Tracker | None:
     """The metric tracker, or None when ``metrics.enabled=false``."""
-    from plasticity_lab.metrics.tracker import Tracker
-
     params = as_dict(cfg.metrics)
     if not params.pop("enabled"):
         return None
@@ -98,29 +100,34 @@ def build_tracker(cfg: DictConfig) -> Any:
         raise ConfigError("metrics", params, str(err)) from None
 
 
-def use_fast_path(cfg: DictConfig, agent: Agent, ivs: list[Any]) -> Agent:
-    """The fused-step agent when ``train.fast`` allows and the run qualifies."""
+def use_fast_path(cfg: DictConfig, agent: Agent, plan: HookPlan) -> Agent:
+    """The fused-step agent (agents/fused.py) when ``train.fast`` allows and the
+    run qualifies; with ``auto``, a run that does not qualify says once why."""
     from plasticity_lab.agents.fused import FusedAgent, fused_reason
-    from plasticity_lab.agents.pending import pays_off
 
     mode = str(cfg.train.fast).lower()
     if mode not in ("auto", "true", "false"):
         raise ConfigError("train.fast", cfg.train.fast, ("auto", "true", "false"))
-    if mode == "false" or type(agent) is not Agent:
+    if mode == "false" or cfg.agent.kind != "native":
         return agent
-    reason = fused_reason(agent, [iv for iv in ivs if hasattr(iv, "penalty")])
+    reason = fused_reason(agent, plan)
     if reason is None:
-        per_step = any(hasattr(iv, "before_step") or hasattr(iv, "after_step") for iv in ivs)
-        graphs = bool(cfg.train.cuda_graphs) and agent.model.layers[0].weight.device.type == "cuda"
-        weights = sum(layer.weight.numel() for layer in agent.model.layers)
-        defer = not (per_step or graphs) and pays_off(weights, cfg.train.batch_size, cfg.train.deferred_updates)
-        return FusedAgent(agent, extra_decay=sum(iv.decay for iv in ivs if hasattr(iv, "decay")),
-                          deferred_updates=cfg.train.deferred_updates if defer else 0,
-                          weight_abs_sums=any(getattr(iv, "needs_weight_abs_sums", False) for iv in ivs),
-                          cuda_graphs=graphs)
+        return FusedAgent.for_plan(agent, plan, cfg.train.batch_size, cfg.train.deferred_updates,
+                                   bool(cfg.train.cuda_graphs))
     if mode == "true":
         raise ConfigError("train.fast", True, f"a run the fused path supports; this one has {reason}")
+    say_once(f"training with autograd: the fused SGD path does not take {reason} (train.fast=auto)")
     return agent
+
+
+_said: set[str] = set()
+
+
+def say_once(message: str) -> None:
+    """``message`` on stderr, once per process (a sweep or a group of seeds builds the same run many times)."""
+    if message not in _said:
+        _said.add(message)
+        print(f"lab: {message}", file=sys.stderr, flush=True)
 
 
 def check_train(cfg: DictConfig) -> None:

@@ -80,15 +80,11 @@ def _data(args: argparse.Namespace) -> int:
 
 def _train(cfg: Any, out_dir: Any = None, resume: bool = False) -> int:
     """One run, or with ``seeds=[...]`` every seed vectorised in this process (lab/seeds.py)."""
-    from plasticity_lab.lab.runner import NonFiniteLoss, run
+    from plasticity_lab.lab.loop import run
+    from plasticity_lab.lab.runner import NonFiniteLoss
 
     try:
-        if cfg.get("seeds"):
-            from plasticity_lab.lab.seeds import run_seeds
-
-            summaries = run_seeds(cfg, out_dir, resume=resume)
-        else:
-            summaries = [run(cfg, out_dir, resume=resume)]
+        summaries = run(cfg, out_dir, resume=resume)
     except NonFiniteLoss as err:
         print(f"lab: error: {err}", file=sys.stderr)
         return EXIT_NONFINITE

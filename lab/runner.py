@@ -1,64 +1,45 @@
-"""The training loop: task after task, hooks at fixed moments, records to sinks.
+"""One run's life: opened from its config (everything built and checked
+before any training), each task begun and ended (hooks, evaluation,
+records), checkpointed at task boundaries and finished (summary, plots).
 
-Order per task (DESIGN.md): ``on_task_start`` -> per batch ``before_step`` ->
-forward/backward/optimizer step -> ``after_step`` -> ``on_task_end`` ->
-evaluation -> records -> checkpoint. The hot path reads nothing back from the
-device: online accuracy and loss accumulate in device tensors and are read
-every ``train.log_every`` steps.
+The training loop that drives one run, or a vectorised group of seeds, through
+these is lab/loop.py. Order per task: ``on_task_start`` -> per batch
+``before_step`` -> forward/backward/optimizer step -> ``after_step`` ->
+``on_task_end`` -> evaluation -> records -> checkpoint.
 """
 from __future__ import annotations
 
 import json
 import math
 import warnings
-import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from plasticity_lab.agents import Agent, StepInfo
-from plasticity_lab.agents.interventions import HOOKS
+from plasticity_lab.agents import Agent
+from plasticity_lab.agents.fused import FusedAgent
+from plasticity_lab.agents.hooks import HookPlan, Record, plan_hooks
+from plasticity_lab.agents.interventions import Intervention
 from plasticity_lab.agents.interventions.resets import Reset
 from plasticity_lab.lab import checkpoint
-from plasticity_lab.lab.build import (as_dict, build_agent, build_interventions, build_stream, build_tracker, check_train, resolve_device,
-                       seed_everything, use_fast_path)
+from plasticity_lab.lab.build import (as_dict, build_agent, build_interventions, build_stream, build_tracker, check_train,
+                                      resolve_device, seed_everything, use_fast_path)
 from plasticity_lab.lab.progress import Progress
 from plasticity_lab.lab.results import DENSE_MAX_TASKS, Results
-from plasticity_lab.lab.sinks import JsonlSink, Sink, close_all, emit
-from plasticity_lab.streams import Stream, Task, task_rng
+from plasticity_lab.lab.sinks import JsonlSink, Sink, emit
+from plasticity_lab.metrics.tracker import Tracker
+from plasticity_lab.registry import ConfigError
+from plasticity_lab.streams import Stream, Task
 
 EVAL_CHUNK = 2048
 
 
 class NonFiniteLoss(RuntimeError):
     """The training loss became NaN or infinite; the last checkpoint is kept."""
-
-
-@dataclass
-class Hooks:
-    """Bound hook methods of the interventions, grouped by moment; an object
-    without a hook is simply absent from that list (no per-step cost)."""
-
-    on_run_start: list[Callable] = field(default_factory=list)
-    on_task_start: list[Callable] = field(default_factory=list)
-    before_step: list[Callable] = field(default_factory=list)
-    penalty: list[Callable] = field(default_factory=list)
-    after_step: list[Callable] = field(default_factory=list)
-    on_task_end: list[Callable] = field(default_factory=list)
-
-    @classmethod
-    def of(cls, objects: list[Any]) -> "Hooks":
-        hooks = cls()
-        for obj in objects:
-            for moment in ("on_run_start", *HOOKS):
-                fn = getattr(obj, moment, None)
-                if callable(fn):
-                    getattr(hooks, moment).append(fn)
-        return hooks
 
 
 def claim_dir(base: Path) -> Path:
@@ -80,43 +61,24 @@ def default_out_dir(cfg: DictConfig) -> Path:
 
 @dataclass
 class RunContext:
-    """One run's live state: what it trains, what watches it, where it writes."""
+    """One run's live state: what it trains, what watches it, where it writes.
+    ``hooks`` is the plan of the tracker and the interventions (in that
+    order: the tracker measures a task start before any intervention acts)."""
 
     cfg: DictConfig
     out: Path
     stream: Stream
     agent: Agent
-    interventions: list[Any]
-    hooks: Hooks
+    interventions: list[Intervention]
+    tracker: Tracker | None
+    hooks: HookPlan
     sinks: list[Sink]
     results: Results
-    step: int = 0
-    watchers: list[Any] = field(default_factory=list)
-    tracker: Any = None
-    jsonl: Any = None
+    jsonl: JsonlSink
     wandb: Any = None
+    step: int = 0
     first_task: int = 0
     device: torch.device = torch.device("cpu")
-
-
-def run(cfg: DictConfig, out_dir: str | Path | None = None, resume: bool = False) -> dict[str, Any]:
-    """Train ``cfg`` to the end (or from the last checkpoint with ``resume``).
-
-    Returns the summary also written to ``out_dir/summary.json``.
-    """
-    ctx = open_run(cfg, out_dir, resume)
-    stream = ctx.stream
-    progress = Progress(stream.num_tasks, task_examples(ctx), ctx.first_task, cfg.progress, progress_metric(stream))
-    t_start = time.perf_counter()
-    try:
-        for k in range(ctx.first_task, stream.num_tasks):
-            _run_task(ctx, stream.task(k).to(ctx.device), progress, ctx.device)
-            save_checkpoint(ctx, k)
-        progress.close()
-        return finish_run(ctx, time.perf_counter() - t_start)
-    finally:
-        progress.close()
-        close_all(ctx.sinks)
 
 
 def task_examples(ctx: RunContext) -> list[int]:
@@ -132,6 +94,10 @@ def progress_metric(stream: Stream) -> str:
     return "acc" if stream.target == "class" else "err"
 
 
+CHECKPOINT_FORMAT = 2
+"""Bumped when a checkpoint's layout changes; a run resumes only from its own format."""
+
+
 def open_run(cfg: DictConfig, out_dir: str | Path | None = None, resume: bool = False) -> RunContext:
     """Build everything a run needs (failing on bad input before any training),
     restore the last checkpoint with ``resume``, and open the sinks."""
@@ -143,23 +109,27 @@ def open_run(cfg: DictConfig, out_dir: str | Path | None = None, resume: bool = 
     stream = build_stream(cfg)
     agent = build_agent(cfg, stream, device)
     ivs = build_interventions(cfg)
-    agent = use_fast_path(cfg, agent, ivs)
     tracker = build_tracker(cfg)
-    watchers = ([tracker] if tracker else []) + ivs  # the tracker sees each task switch before any intervention
+    hooks = plan_hooks(([tracker] if tracker else []) + ivs)
+    agent = use_fast_path(cfg, agent, hooks)
     out = Path(out_dir or cfg.out_dir or default_out_dir(cfg))
     ckpt = checkpoint.load(out / "checkpoints") if resume else None
+    if ckpt is not None and ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise ConfigError("checkpoint", str(out / "checkpoints" / checkpoint.LAST),
+                          f"a checkpoint of format {CHECKPOINT_FORMAT} (it was written by another version of the lab; "
+                          "start the run again)")
     out.mkdir(parents=True, exist_ok=True)
     if not resume:
         OmegaConf.save(cfg, out / "config.yaml", resolve=True)
-    hooks = Hooks.of(watchers)
-    if not hasattr(agent, "extra_decay"):  # the fused agent folds l2 into its decay instead
+    if not isinstance(agent, FusedAgent):  # the fused agent folds weight-decay penalties into its step instead
         agent.penalties = list(hooks.penalty)
     results, first, step, wandb_id = Results(), 0, 0, None
     if ckpt is not None:
         agent.load_state_dict(ckpt["agent"])
-        for iv, state in zip(watchers, ckpt["interventions"]):
-            if state is not None:
-                iv.load_state_dict(state)
+        if tracker is not None:
+            tracker.load_state_dict(ckpt["tracker"])
+        for iv, state in zip(ivs, ckpt["interventions"]):
+            iv.load_state_dict(state)
         checkpoint.set_rng_state(ckpt["rng"])
         results, first, step, wandb_id = Results(**ckpt["results"]), ckpt["next_task"], ckpt["step"], ckpt["wandb_id"]
     else:
@@ -170,8 +140,7 @@ def open_run(cfg: DictConfig, out_dir: str | Path | None = None, resume: bool = 
     wandb_sink = _open_wandb(cfg, out, wandb_id)
     if wandb_sink is not None:
         sinks.append(wandb_sink)
-    return RunContext(cfg, out, stream, agent, ivs, hooks, sinks, results, step, watchers, tracker, jsonl, wandb_sink,
-                      first, device)
+    return RunContext(cfg, out, stream, agent, ivs, tracker, hooks, sinks, results, jsonl, wandb_sink, step, first, device)
 
 
 def save_checkpoint(ctx: RunContext, k: int) -> None:
@@ -179,8 +148,10 @@ def save_checkpoint(ctx: RunContext, k: int) -> None:
     if not ctx.cfg.train.checkpoint:
         return
     checkpoint.save(ctx.out / "checkpoints", {
+        "format": CHECKPOINT_FORMAT,
         "agent": checkpoint.compact(ctx.agent.state_dict()),
-        "interventions": [w.state_dict() if hasattr(w, "state_dict") else None for w in ctx.watchers],
+        "tracker": ctx.tracker.state_dict() if ctx.tracker is not None else None,
+        "interventions": [iv.state_dict() for iv in ctx.interventions],
         "rng": checkpoint.rng_state(), "next_task": k + 1, "step": ctx.step, "results": ctx.results.to_dict(),
         "jsonl_offset": ctx.jsonl.offset(), "wandb_id": ctx.wandb.run_id if ctx.wandb else None,
     })
@@ -213,17 +184,6 @@ def _open_wandb(cfg: DictConfig, out: Path, run_id: str | None):
                      mode=w.mode, run_id=run_id)
 
 
-def _run_task(ctx: RunContext, task: Task, progress: Progress, device: torch.device) -> None:
-    """Train one task, evaluate, emit its records."""
-    begin_task(ctx, task)
-    t0 = time.perf_counter()
-    if hasattr(ctx.agent, "train_task"):  # a learner with its own training loop (an Avalanche strategy)
-        correct, loss, seen = _train_delegated(ctx, task, progress)
-    else:
-        correct, loss, seen = _train_epochs(ctx, task, progress, device)
-    end_task(ctx, task, correct, loss, seen, time.perf_counter() - t0, progress)
-
-
 def begin_task(ctx: RunContext, task: Task) -> None:
     """The task's head, Dohare et al.'s new head if asked, then ``on_task_start`` hooks."""
     agent = ctx.agent
@@ -231,7 +191,7 @@ def begin_task(ctx: RunContext, task: Task) -> None:
     if ctx.cfg.train.new_head:
         Reset(layers="head", mode="zero").reset(agent)
     for h in ctx.hooks.on_task_start:
-        _emit(ctx, task.id, h(agent, task))
+        emit_record(ctx, task.id, h(agent, task))
 
 
 def end_task(ctx: RunContext, task: Task, correct: float, loss: float, seen: int, seconds: float,
@@ -241,7 +201,7 @@ def end_task(ctx: RunContext, task: Task, correct: float, loss: float, seen: int
     ctx.results.train_seconds += seconds
     ctx.results.examples += seen
     for h in ctx.hooks.on_task_end:
-        _emit(ctx, task.id, h(agent, task))
+        emit_record(ctx, task.id, h(agent, task))
     k = task.id
     last = k == ctx.stream.num_tasks - 1
     due = ctx.stream.target == "class" and (last or (k + 1) % cfg.train.eval_every == 0)
@@ -253,59 +213,8 @@ def end_task(ctx: RunContext, task: Task, correct: float, loss: float, seen: int
     record.update({f"eval/acc/task_{j}": a for j, a in evals.items()})
     if evals:
         record.update({f"eval/{name}": v for name, v in ctx.results.scores().items() if v is not None})
-    _emit(ctx, k, record)
+    emit_record(ctx, k, record)
     progress.task_done(k, online if ctx.stream.target == "class" else loss / max(seen, 1))
-
-
-def _train_epochs(ctx: RunContext, task: Task, progress: Progress, device: torch.device) -> tuple[float, float, int]:
-    """The hot loop. Returns (correct, summed loss, examples) read once at the end."""
-    cfg, agent, hooks = ctx.cfg, ctx.agent, ctx.hooks
-    bs, log_every = cfg.train.batch_size, cfg.train.log_every
-    before, after = hooks.before_step, hooks.after_step
-    augment = ctx.stream.augment
-    correct = torch.zeros((), dtype=torch.long, device=device)
-    loss_sum = torch.zeros((), device=device)
-    n, seen, read = task.num_train, 0, (0, 0.0, 0)
-    for epoch in range(cfg.train.epochs):
-        order = epoch_order(cfg.seed, task.id, epoch, n).to(device)
-        xs, ys = task.x_train[order], task.y_train[order]
-        for i in range(0, n, bs):
-            xb, yb = xs[i:i + bs], ys[i:i + bs]
-            if augment is not None:
-                xb = augment(xb)
-            for h in before:
-                h(agent, xb, yb)
-            info = agent.observe(xb, yb)
-            correct.add_(info.correct)
-            loss_sum.add_(info.loss, alpha=yb.shape[0])
-            for h in after:
-                _emit(ctx, task.id, h(agent, info))
-            ctx.step += 1
-            seen += yb.shape[0]
-            if ctx.step % log_every == 0:
-                read = _log_window(ctx, task.id, correct, loss_sum, seen, read, progress)
-    agent.flush_updates()
-    read = _log_window(ctx, task.id, correct, loss_sum, seen, read, progress, record=False)
-    return read[0], read[1], seen
-
-
-def _train_delegated(ctx: RunContext, task: Task, progress: Progress) -> tuple[float, float, int]:
-    """Hand the task to the agent's own loop; per-step hooks run inside it."""
-    hooks = [lambda agent, info, h=h: _emit(ctx, task.id, h(agent, info)) for h in ctx.hooks.after_step]
-    label = task.id if ctx.stream.scenario == "task" else 0
-    correct, loss, seen, updates = ctx.agent.train_task(task, label, hooks)
-    ctx.step += updates
-    if not math.isfinite(loss):
-        raise NonFiniteLoss(f"the training loss became {loss} in task {task.id}; try a smaller agent.optimizer.lr")
-    progress.advance(seen, task.id)
-    _emit(ctx, task.id, {"train/loss": loss / max(seen, 1), "train/online_acc": correct / max(seen, 1)})
-    return correct, loss, seen
-
-
-def epoch_order(seed: int, task_id: int, epoch: int, n: int) -> torch.Tensor:
-    """The order of a task's n examples in one epoch, from (seed, task, epoch) alone."""
-    g = torch.Generator().manual_seed(int(task_rng(seed, task_id, f"order{epoch}").integers(2**62)))
-    return torch.randperm(n, generator=g)
 
 
 def check_finite(ctx: RunContext, loss: float, task_id: int) -> None:
@@ -318,21 +227,8 @@ def check_finite(ctx: RunContext, loss: float, task_id: int) -> None:
                         f"try a smaller agent.optimizer.lr (now {ctx.cfg.agent.optimizer.lr})")
 
 
-def _log_window(ctx: RunContext, task_id: int, correct: torch.Tensor, loss_sum: torch.Tensor, seen: int,
-                read: tuple[int, float, int], progress: Progress, record: bool = True) -> tuple[int, float, int]:
-    """Read the accumulators (the loop's only host sync), check the loss is
-    finite and emit the window's record. Returns the new read-out."""
-    c, l = int(correct.item()), float(loss_sum.item())
-    check_finite(ctx, l, task_id)
-    dn = seen - read[2]
-    if dn:
-        progress.advance(dn, task_id)
-        if record:
-            _emit(ctx, task_id, {"train/loss": (l - read[1]) / dn, "train/online_acc": (c - read[0]) / dn})
-    return c, l, seen
-
-
-def _emit(ctx: RunContext, task_id: int, record: dict[str, Any] | None) -> None:
+def emit_record(ctx: RunContext, task_id: int, record: Record) -> None:
+    """``record`` (if any) to every sink, stamped with the run's step and ``task_id``."""
     if record:
         emit(ctx.sinks, {"step": ctx.step, "task": task_id, **record})
 
@@ -383,9 +279,10 @@ def _summary(cfg: DictConfig, stream: Stream, results: Results, wall: float, wan
         "examples_per_s": results.examples / max(results.train_seconds, 1e-9),
         "examples": results.examples,
         "wandb_sync": wandb_sink.sync_hint() if wandb_sink else None,
-        "fused_path": hasattr(agent, "extra_decay"),
-        "deferred_updates": getattr(agent, "deferred_updates", 0),
+        "fused_path": isinstance(agent, FusedAgent),
+        "deferred_updates": agent.deferred_updates if isinstance(agent, FusedAgent) else 0,
     }
 
 
-__all__ = ["run", "evaluate", "NonFiniteLoss", "Hooks", "StepInfo"]
+__all__ = ["RunContext", "open_run", "begin_task", "end_task", "save_checkpoint", "finish_run", "evaluate",
+           "NonFiniteLoss"]

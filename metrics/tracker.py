@@ -31,7 +31,9 @@ from typing import Any
 
 import torch
 
+from plasticity_lab.agents.activations import activation_facts
 from plasticity_lab.agents.agent import Agent, StepInfo
+from plasticity_lab.agents.hooks import RunHooks
 from plasticity_lab.metrics.curvature import hessian_top_eigenvalue
 from plasticity_lab.metrics.probes import fresh_copy, linear_probe, trainability
 from plasticity_lab.metrics.rank import effective_rank, singular_values, srank, stable_rank
@@ -39,7 +41,6 @@ from plasticity_lab.metrics.sparsity import activation_sparsity, derivative_spar
 from plasticity_lab.metrics.units import dead_fraction, dormant_fraction
 from plasticity_lab.metrics.weights import feature_norm, mean_abs
 
-EXACT_ZERO = {"relu", "relu2", "crelu", "hard_ash", "leaky_relu"}
 PROBE_SEED = 12345
 
 
@@ -49,7 +50,7 @@ def channel_units(A: torch.Tensor) -> torch.Tensor:
 
 
 @dataclass
-class Tracker:
+class Tracker(RunHooks):
     probe_size: int = 1000
     at_task_start: bool = True
     task_every: int = 1
@@ -75,6 +76,10 @@ class Tracker:
                 raise ValueError(f"{key} must be >= 0 (0 turns it off)")
 
     # -- hooks -----------------------------------------------------------
+    def reads_weights_between_steps(self) -> bool:
+        """Its ``after_step`` reads the step's gradients only (the fused step builds them from its deltas)."""
+        return False
+
     def on_task_start(self, agent: Agent, task: Any) -> dict | None:
         if self._probe_task is None:
             self._make_probe_task(task)
@@ -113,7 +118,7 @@ class Tracker:
         _, feats = model.forward_features(x)
         pre = model.forward_preactivations(x)
         model.train(was_training)
-        eps = 0.0 if model.activation in EXACT_ZERO else self.sparsity_eps
+        eps = 0.0 if activation_facts(model.activation).exact_zeros else self.sparsity_eps
         out: dict[str, float] = {}
         for name, A, Z, act in zip(model.hidden_names, feats, pre, model.acts):
             if self.layers and name not in self.layers:

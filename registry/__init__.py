@@ -1,8 +1,8 @@
 """Name -> plug-in lookup shared by streams, agents and metrics.
 
-This package is the bottom of the import graph (DESIGN.md: ``lab -> {streams,
-agents, metrics}``, ``metrics -> agents``): every other package may import it and
-it imports none of them, so one registry implementation serves all of them
+This package is the bottom of the import graph (``lab -> {streams, agents,
+metrics}``, ``metrics -> agents``): every other package may import it and it
+imports none of them, so one registry implementation serves all of them
 without breaking the one-way arrows.
 
 A plug-in is one decorated definition::
@@ -24,6 +24,7 @@ import importlib
 import importlib.util
 import inspect
 import sys
+import traceback
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -55,13 +56,15 @@ class DataError(ConfigError):
 
 @dataclasses.dataclass
 class Entry:
-    """One registered plug-in: its name, the object and its parameters."""
+    """One registered plug-in: its name, the object, its parameters and the
+    facts its registration declared (an instance of the registry's ``facts``
+    type, or None for registries without one)."""
 
     name: str
     obj: Any
     params: dict[str, Any]
     doc: str
-    meta: dict[str, Any]
+    facts: Any = None
 
 
 def params_of(obj: Any) -> dict[str, Any]:
@@ -97,29 +100,61 @@ def params_of(obj: Any) -> dict[str, Any]:
 
 
 class Registry:
-    """A named collection of plug-ins of one kind (activation, stream, ...)."""
+    """A named collection of plug-ins of one kind (activation, stream, ...).
 
-    def __init__(self, kind: str, reserved: Iterable[str] = ()):
+    Each kind declares its contract here, checked once at registration:
+    ``base``, the class every plug-in must subclass (interventions), and
+    ``facts``, the dataclass holding what a registration declares besides the
+    object (an activation's init gain and derivative, a metric's unit and
+    schedule); ``check(name, obj, facts)`` validates what depends on both.
+    """
+
+    def __init__(self, kind: str, reserved: Iterable[str] = (), *, base: type | None = None,
+                 facts: type | None = None, check: Callable[[str, Any, Any], None] | None = None):
         """``reserved``: arguments the lab supplies itself (an activation's
         ``width``), hidden from the user-facing parameters."""
         self.kind = kind
         self.reserved = set(reserved)
+        self.base, self.facts_type, self.check = base, facts, check
         self._entries: dict[str, Entry] = {}
 
-    def register(self, name: str, *, aliases: Iterable[str] = (), **meta: Any) -> Callable[[Any], Any]:
-        """Decorator: register ``obj`` under ``name`` (and ``aliases``).
-
-        ``meta`` holds facts the lab reads about the plug-in (an activation's
-        init gain, say)."""
+    def register(self, name: str, *, aliases: Iterable[str] = (), **facts: Any) -> Callable[[Any], Any]:
+        """Decorator: register ``obj`` under ``name`` (and ``aliases``), with
+        the ``facts`` this registry's kind declares (TypeError for others)."""
 
         def deco(obj: Any) -> Any:
+            self._check_base(name, obj)
+            declared = self._facts(name, facts)
+            if self.check is not None:
+                self.check(name, obj, declared)
             doc = inspect.getdoc(obj) or ""
-            params = {k: v for k, v in params_of(obj).items() if k not in self.reserved}
+            params = {k: v for k, v in params_of(obj).items() if k not in self.reserved} if obj is not None else {}
             for n in (name, *aliases):
-                self._entries[n] = Entry(n, obj, params, doc, dict(meta))
+                self._entries[n] = Entry(n, obj, params, doc, declared)
             return obj
 
         return deco
+
+    def _check_base(self, name: str, obj: Any) -> None:
+        if self.base is not None and not (inspect.isclass(obj) and issubclass(obj, self.base)):
+            raise TypeError(f"{self.kind} {name!r}: {obj!r} must be a class deriving from "
+                            f"{self.base.__module__}.{self.base.__qualname__}")
+
+    def _facts(self, name: str, facts: dict[str, Any]) -> Any:
+        if self.facts_type is None:
+            if facts:
+                raise TypeError(f"{self.kind} {name!r}: a {self.kind} registration takes no facts, got {sorted(facts)}")
+            return None
+        known = [f.name for f in dataclasses.fields(self.facts_type)]
+        unknown = sorted(set(facts) - set(known))
+        if unknown:
+            raise TypeError(f"{self.kind} {name!r}: unknown registration fact(s) {unknown}; "
+                            f"a {self.kind} declares: {', '.join(known)}")
+        return self.facts_type(**facts)
+
+    def unregister(self, name: str) -> None:
+        """Forget ``name`` (a plug-in registered for a while: tests, notebooks)."""
+        self._entries.pop(name, None)
 
     def get(self, name: str) -> Any:
         """The registered object, or a ConfigError listing the valid names."""
@@ -131,6 +166,10 @@ class Registry:
     def entry(self, name: str) -> Entry:
         self.get(name)
         return self._entries[name]
+
+    def facts(self, name: str) -> Any:
+        """What ``name``'s registration declared (the registry's ``facts`` type)."""
+        return self.entry(name).facts
 
     def params(self, name: str) -> dict[str, Any]:
         return dict(self.entry(name).params)
@@ -165,14 +204,31 @@ def load_plugins(modules: Iterable[str] = ()) -> list[str]:
             spec = importlib.util.spec_from_file_location(name, path)
             module = importlib.util.module_from_spec(spec)
             sys.modules[name] = module
-            spec.loader.exec_module(module)
+            _run_plugin(mod, lambda: spec.loader.exec_module(module))
         else:
-            try:
-                importlib.import_module(mod)
-            except ModuleNotFoundError as err:
-                raise ConfigError("plugins", mod, f"an importable module or a .py file ({err})") from None
+            _run_plugin(mod, lambda: importlib.import_module(mod))
         loaded.append(mod)
     for ep in entry_points(group=ENTRY_POINT_GROUP):
-        ep.load()
+        _run_plugin(ep.value, ep.load)
         loaded.append(ep.value)
     return loaded
+
+
+def _run_plugin(name: str, load: Callable[[], Any]) -> None:
+    """Import one plug-in module; what goes wrong becomes one ConfigError line naming it."""
+    try:
+        load()
+    except ModuleNotFoundError as err:
+        raise ConfigError("plugins", name, f"an importable module or a .py file ({err})") from None
+    except Exception as err:  # a plug-in that fails to import or register: say which and why
+        where = _plugin_frame(err)
+        raise ConfigError("plugins", name, f"a module that imports cleanly; {type(err).__name__} at "
+                          f"{Path(where.filename).name}:{where.lineno}: {err}") from None
+
+
+def _plugin_frame(err: BaseException) -> traceback.FrameSummary:
+    """The innermost frame of ``err`` outside the lab's own code and the import machinery (the plug-in's line)."""
+    lab = str(Path(__file__).resolve().parents[1])
+    frames = traceback.extract_tb(err.__traceback__)
+    outside = [f for f in frames if not f.filename.startswith((lab, "<frozen"))]
+    return (outside or frames)[-1]

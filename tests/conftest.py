@@ -27,13 +27,29 @@ def compose():
 def tiny_run(tmp_path):
     """Run ``lab run`` in-process with small defaults plus ``overrides``."""
     from plasticity_lab.lab.config import compose_config
-    from plasticity_lab.lab.runner import run
+    from plasticity_lab.lab.loop import run
 
     def go(*overrides: str, out: str = "run", base=TINY):
         cfg = compose_config([*base, *overrides])
-        return run(cfg, tmp_path / out)
+        (summary,) = run(cfg, tmp_path / out)
+        return summary
 
     return go
+
+
+@pytest.fixture
+def register_for_test():
+    """``add(registry, name, obj, **facts)`` registers ``obj`` for this test only (unregistered after it)."""
+    added = []
+
+    def add(registry, name: str, obj, **facts):
+        registry.register(name, **facts)(obj)
+        added.append((registry, name))
+        return obj
+
+    yield add
+    for registry, name in added:
+        registry.unregister(name)
 
 
 def readme_snippet(heading: str) -> str:

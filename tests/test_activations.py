@@ -1,4 +1,5 @@
 """Every activation: values and gradients against hand computation, gradcheck, no batch mixing, plug-ins."""
+import json
 import math
 import subprocess
 import sys
@@ -149,21 +150,26 @@ def test_bad_activation_parameters_are_named():
 PLUGIN = readme_snippet("### Add an activation")
 
 
-
-def test_user_activation_from_their_own_file(tmp_path):
-    assert len(PLUGIN.strip().splitlines()) <= 10
+def test_readme_activation_trains_on_the_fused_path_from_its_own_file(tmp_path):
+    """The README's plug-in (one file, with its derivative) runs on the fused SGD
+    path and agrees with the same run on autograd; it stays out of other runs."""
     (tmp_path / "my_acts.py").write_text(PLUGIN)
-    args = ["run", "plugins=[my_acts]", "activation=mine", "activation.p=1.5", "agent.optimizer.lr=0.05", "wandb.enabled=false", "progress=off",
-            "stream.num_tasks=2", "stream.examples_per_task=1000", "out_dir=out"]
-    p = subprocess.run([sys.executable, "-m", "plasticity_lab.lab", *args], cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    assert p.returncode == 0, p.stderr
-    import json
-
-    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
-    assert summary["activation"] == "mine" and summary["online_accuracy"][1] > 0.3
-    assert "p: 1.5" in (tmp_path / "out" / "config.yaml").read_text()
-    listed = subprocess.run([sys.executable, "-m", "plasticity_lab.lab", "list"], cwd=tmp_path, capture_output=True, text=True)
-    assert "mine" not in listed.stdout  # only where it is asked for
+    args = ["plugins=[my_acts]", "activation=mine", "activation.p=1.5", "agent.optimizer.lr=0.05", "wandb.enabled=false",
+            "progress=off", "stream.num_tasks=2", "stream.examples_per_task=1000"]
+    for fast, out in (("true", "fused"), ("false", "autograd")):
+        p = subprocess.run([sys.executable, "-m", "plasticity_lab.lab", "run", *args, f"train.fast={fast}",
+                            f"out_dir={out}"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        assert p.returncode == 0, p.stderr
+    fast, slow = (json.loads((tmp_path / d / "summary.json").read_text()) for d in ("fused", "autograd"))
+    assert fast["fused_path"] and not slow["fused_path"] and fast["activation"] == "mine"
+    assert fast["online_accuracy"][1] > 0.3
+    # the registered derivative gives autograd's update: float32 rounding apart, the same losses
+    assert fast["online_loss"] == pytest.approx(slow["online_loss"], rel=1e-4)
+    assert "p: 1.5" in (tmp_path / "fused" / "config.yaml").read_text()
+    listed = subprocess.run([sys.executable, "-m", "plasticity_lab.lab", "list"], cwd=tmp_path, capture_output=True,
+                            text=True)
+    assert listed.returncode == 0, listed.stderr
+    assert "relu" in listed.stdout and "mine" not in listed.stdout  # only where it is asked for
 
 
 def test_user_activation_from_an_installed_entry_point(tmp_path, monkeypatch):
@@ -181,3 +187,16 @@ def test_user_activation_from_an_installed_entry_point(tmp_path, monkeypatch):
     assert cfg.activation.name == "mine_ep" and cfg.activation.p == 1.5
     y = make_activation("mine_ep", 3, p=1.5)(torch.tensor([[4.0, -1.0, 0.0]]))
     assert y.tolist() == [[8.0, 0.0, 0.0]]
+
+
+def test_a_registration_declares_known_facts_only():
+    with pytest.raises(TypeError, match="unknown registration fact.*derivatve.*derivative"):
+        activations.register("typo_for_test", derivatve=lambda z, h: z)(lambda x: x)
+
+    class WithParameters(torch.nn.Module):
+        def forward(self, x):
+            return x
+
+    with pytest.raises(TypeError, match="derivative= is for function activations"):
+        activations.register("module_for_test", derivative=lambda z, h: z)(WithParameters)
+    assert "typo_for_test" not in activations and "module_for_test" not in activations

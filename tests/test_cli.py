@@ -39,6 +39,17 @@ def test_bad_input_is_one_clear_line_and_exit_2(overrides, names, capsys, tmp_pa
     assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").rglob("metrics.jsonl"))
 
 
+def test_a_plugin_that_fails_to_import_is_one_line_naming_it(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "broken_plugin.py").write_text("from plasticity_lab.agents.interventions import interventions\n\n"
+                                               "@interventions.register('not_an_intervention')\n"
+                                               "class NotOne:\n    pass\n")
+    assert main(["run", *QUIET, "plugins=[broken_plugin]"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "broken_plugin" in err and "broken_plugin.py:3" in err, err
+    assert "must be a class deriving from plasticity_lab.agents.interventions.Intervention" in err
+
+
 def test_corrupt_data_file_is_named(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     for name in ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz",

@@ -1,7 +1,13 @@
 """The fused SGD path gives the autograd path's weights and metrics, intervention by intervention."""
+from dataclasses import dataclass
+
 import pytest
 import torch
 
+from plasticity_lab.agents import MLP, Agent, activations
+from plasticity_lab.agents.fused import FusedAgent
+from plasticity_lab.agents.interventions import Intervention, interventions
+from plasticity_lab.agents.optimizers import make_optimizer
 from plasticity_lab.registry import ConfigError
 
 BASE = ["wandb.enabled=false", "progress=off", "agent.hidden=[32,16]", "stream.num_tasks=3",
@@ -27,12 +33,19 @@ def test_fused_matches_autograd(extra, tiny_run, tmp_path):
     for k, v in a["agent"]["model"].items():  # float32 rounding drifts over hundreds of steps (exact in float64: below)
         assert torch.allclose(v, b["agent"]["model"][k], atol=5e-3), (k, float((v - b["agent"]["model"][k]).abs().max()))
     if "interventions=[cbp]" in extra:
-        ages = lambda ck: [l["age"] for l in ck["interventions"][1]["layers"]]
+        ages = lambda ck: [l["age"] for l in ck["interventions"][0]["layers"]]
         assert all(torch.equal(x, y) for x, y in zip(ages(a), ages(b)))  # the same units were replaced
         assert all(int(l.min()) < a["step"] for l in ages(a))  # and some were, in every layer (ages restarted)
 
 
-@pytest.mark.parametrize("act", ["relu", "tanh", "sigmoid", "leaky_relu", "linear"])
+WITH_DERIVATIVE = [n for n in activations.names() if activations.facts(n).derivative is not None]
+
+
+def test_the_usual_activations_register_their_derivative():
+    assert {"relu", "leaky_relu", "tanh", "sigmoid", "linear", "elu", "selu", "silu", "softplus", "relu2"} <= set(WITH_DERIVATIVE)
+
+
+@pytest.mark.parametrize("act", WITH_DERIVATIVE)
 @pytest.mark.parametrize("batch", [1, 4])
 @pytest.mark.parametrize("sums", [False, True], ids=["plain", "with_abs_sums"])
 def test_one_fused_step_equals_one_autograd_step(act, batch, sums):
@@ -146,3 +159,81 @@ def test_fast_true_says_why_it_cannot_run(tiny_run):
         tiny_run("train.fast=true", "interventions=[l2_init]", base=BASE)
     s = tiny_run("agent.optimizer.name=adam", "agent.optimizer.lr=0.001", base=BASE)  # auto: falls back
     assert s["fused_path"] is False
+
+
+def test_fallback_to_autograd_is_said_once_with_its_reason(tiny_run, capsys):
+    from plasticity_lab.lab import build
+
+    build._said.clear()
+    tiny_run("agent.optimizer.name=adam", "agent.optimizer.lr=0.001", base=BASE, out="a")
+    tiny_run("agent.optimizer.name=adam", "agent.optimizer.lr=0.001", base=BASE, out="b")
+    err = capsys.readouterr().err
+    assert err.count("training with autograd") == 1 and "optimizer Adam" in err
+
+
+def fused(opt="sgd", **kw):
+    torch.manual_seed(0)
+    net = MLP(6, [5, 4], 3)
+    return Agent(net, make_optimizer(net.parameters(), opt, 0.1)), kw
+
+
+def test_the_fused_agent_refuses_what_it_cannot_honour():
+    agent, _ = fused()
+    with pytest.raises(ValueError, match="weight_abs_sums.*deferred"):
+        FusedAgent(agent, deferred_updates=16, weight_abs_sums=True)  # CBP would read |W| sums of zero
+    with pytest.raises(ValueError, match="Adam"):
+        FusedAgent(fused("adam")[0])
+    with pytest.raises(ValueError, match="deferred_updates must be >= 0"):
+        FusedAgent(agent, deferred_updates=-1)
+    assert FusedAgent(agent, deferred_updates=16).deferred_updates == 16
+
+
+@dataclass
+class LossAverage(Intervention):
+    """A user plug-in whose field happens to be called ``decay`` (an EMA of the loss): not a weight decay."""
+
+    decay: float = 0.99
+    average: float = 0.0
+
+    def after_step(self, agent, info):
+        self.average = self.decay * self.average + (1 - self.decay) * float(info.loss)
+        return {"loss_average": self.average}
+
+    def reads_weights_between_steps(self) -> bool:
+        return False
+
+
+def test_a_field_named_decay_is_not_weight_decay(tiny_run, register_for_test):
+    register_for_test(interventions, "loss_average_for_test", LossAverage)
+    slow = tiny_run("interventions=[loss_average_for_test]", "train.fast=false", base=BASE, out="slow")
+    fast = tiny_run("interventions=[loss_average_for_test]", "train.fast=true", base=BASE, out="fast")
+    assert fast["fused_path"] and not slow["fused_path"]
+    assert fast["online_loss"] == pytest.approx(slow["online_loss"], rel=1e-4, abs=1e-6)
+
+
+@pytest.mark.parametrize("extra", [
+    ["interventions=[shrink_perturb]", "interventions.shrink_perturb.at=task", "interventions.shrink_perturb.shrink=0.1"],
+    ["interventions=[reset]", "interventions.reset.layers=head"],
+], ids=["shrink_perturb_at_task", "reset_per_task"])
+def test_per_task_interventions_keep_updates_deferred(extra, tiny_run, monkeypatch):
+    monkeypatch.setattr("plasticity_lab.agents.pending.MIN_WEIGHTS", 0)
+    s = tiny_run(*extra, "train.batch_size=1", base=BASE)
+    assert s["fused_path"] and s["deferred_updates"] == 16
+
+
+def test_the_hook_plan_reads_each_declaration_once():
+    from plasticity_lab.agents.hooks import plan_hooks
+    from plasticity_lab.metrics.tracker import Tracker
+
+    cbp, l2 = interventions.get("cbp")(), interventions.get("l2")(weight=0.01)
+    sp_task = interventions.get("shrink_perturb")(at="task")
+    reset_steps = interventions.get("reset")(every="5")
+    plan = plan_hooks([Tracker(), cbp, l2, sp_task, reset_steps])
+    assert plan.after_step == (plan.after_step[0], cbp.after_step, reset_steps.after_step)  # the tracker's first
+    assert sp_task.on_task_start in plan.on_task_start and reset_steps.on_task_start not in plan.on_task_start
+    assert plan.penalty == (l2.penalty,) and plan.weight_decay == 0.01 and plan.other_penalties == ()
+    assert plan.needs_weight_abs_sums and plan.reads_weights_between_steps
+    quiet = plan_hooks([Tracker(), sp_task, interventions.get("l2_init")()])
+    assert not quiet.reads_weights_between_steps and quiet.other_penalties == ("L2Init",)
+    with pytest.raises(TypeError, match="RunHooks"):
+        plan_hooks([object()])

@@ -126,3 +126,17 @@ def test_tracker_does_not_change_the_run(tiny_run):
     on = tiny_run("metrics.probe_every=1", "metrics.hessian_every=1", "interventions=[shrink_perturb]", out="on")
     off = tiny_run("metrics.enabled=false", "interventions=[shrink_perturb]", out="off")
     assert on["online_loss"] == off["online_loss"] and on["acc_matrix"] == off["acc_matrix"]
+
+
+@pytest.mark.parametrize("name,params", [("relu", {}), ("leaky_relu", {"negative_slope": 1e-5})])
+def test_the_sparsity_threshold_comes_from_the_activation_registration(name, params):
+    """relu outputs exact zeros (counted with eps 0); leaky_relu never does, so its
+    near-zero outputs are counted with the tracker's eps. About half the outputs
+    are at or below 0 for both (pre-activations symmetric about 0)."""
+    from plasticity_lab.metrics.tracker import Tracker
+
+    torch.manual_seed(0)
+    net = MLP(10, [200], 3, activation=name, activation_params=params)
+    agent = Agent(net, make_optimizer(net.parameters(), "sgd", 0.1))
+    record = Tracker().representation(agent, torch.randn(500, 10))
+    assert 0.4 < record["sparsity/act/h1"] < 0.6

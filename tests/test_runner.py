@@ -67,13 +67,13 @@ def test_eval_window_and_cadence(tiny_run):
     assert R[4][3] is not None and R[4][2] is None  # the last task is always evaluated
 
 
-def test_nan_loss_stops_with_message_and_keeps_checkpoint(tiny_run, tmp_path, monkeypatch):
+def test_nan_loss_stops_with_message_and_keeps_checkpoint(tiny_run, tmp_path, register_for_test):
     from dataclasses import dataclass
 
-    from plasticity_lab.agents.interventions import interventions
+    from plasticity_lab.agents.interventions import Intervention, interventions
 
     @dataclass
-    class Poison:
+    class Poison(Intervention):
         """Test-only: makes the weights infinite when task ``at`` starts."""
 
         at: int = 2
@@ -83,7 +83,7 @@ def test_nan_loss_stops_with_message_and_keeps_checkpoint(tiny_run, tmp_path, mo
                 with torch.no_grad():
                     agent.model.layers[0].weight.fill_(float("inf"))
 
-    interventions.register("poison_for_test")(Poison)
+    register_for_test(interventions, "poison_for_test", Poison)
     with pytest.raises(NonFiniteLoss, match=r"task 2\).*end of task 1.*agent.optimizer.lr"):
         tiny_run("interventions=[poison_for_test]", "stream.num_tasks=4")
     out = tmp_path / "run"

@@ -33,16 +33,15 @@ def weights(run_dir):
     ["experiment=bit_flipping", "stream.num_tasks=3", "stream.flip_every=200", "agent.hidden=[5]"],
 ], ids=["backprop_batch1", "cbp_bernoulli", "shrink_perturb_l2_tanh", "split_task_heads", "bit_flipping_mse"])
 def test_each_seed_equals_its_run_alone(extra, compose, tmp_path, monkeypatch):
-    from plasticity_lab.lab.runner import run
-    from plasticity_lab.lab.seeds import run_seeds
+    from plasticity_lab.lab.loop import run
 
     monkeypatch.setattr("plasticity_lab.agents.pending.MIN_WEIGHTS", 0)  # batch-1 backprop defers its updates here too
 
     base = [o for o in BASE if not ("experiment=bit_flipping" in extra and o.startswith("stream.examples"))]
-    many = run_seeds(compose([*base, *extra, "seeds=[0,1,2]"]), tmp_path / "many")
+    many = run(compose([*base, *extra, "seeds=[0,1,2]"]), tmp_path / "many")
     assert [s["seed"] for s in many] == [0, 1, 2]
     for s, summary in zip([0, 1, 2], many):
-        alone = run(compose([*base, *extra, f"seed={s}"]), tmp_path / f"alone{s}")
+        (alone,) = run(compose([*base, *extra, f"seed={s}"]), tmp_path / f"alone{s}")
         seed_dir = tmp_path / "many" / f"seed_{s}"
         for k, v in weights(tmp_path / f"alone{s}").items():
             assert torch.equal(v, weights(seed_dir)[k]), (s, k)
@@ -54,31 +53,31 @@ def test_each_seed_equals_its_run_alone(extra, compose, tmp_path, monkeypatch):
 
 
 def test_seed_checkpoints_hold_only_their_own_weights(compose, tmp_path):
-    from plasticity_lab.lab.seeds import run_seeds
+    from plasticity_lab.lab.loop import run
 
-    run_seeds(compose([*BASE, "seeds=[0,1,2,3]"]), tmp_path / "m")
+    run(compose([*BASE, "seeds=[0,1,2,3]"]), tmp_path / "m")
     alone = sum(v.untyped_storage().nbytes() for v in weights(tmp_path / "m/seed_0").values())
     assert alone == sum(v.numel() * 4 for v in weights(tmp_path / "m/seed_0").values())
 
 
 def test_interrupted_seeds_resume_to_the_same_end(compose, tmp_path, monkeypatch):
-    import plasticity_lab.lab.seeds as seeds_module
-    from plasticity_lab.lab.seeds import run_seeds
+    import plasticity_lab.lab.loop as loop
+    from plasticity_lab.lab.loop import run
 
     cfg = compose([*BASE, "seeds=[3,4]"])
-    run_seeds(cfg, tmp_path / "whole")
-    real_end = seeds_module.end_task
+    run(cfg, tmp_path / "whole")
+    real_end = loop.end_task
 
     def end_then_die(ctx, task, *a, **kw):
         if task.id == 2:
             raise KeyboardInterrupt
         return real_end(ctx, task, *a, **kw)
 
-    monkeypatch.setattr(seeds_module, "end_task", end_then_die)
+    monkeypatch.setattr(loop, "end_task", end_then_die)
     with pytest.raises(KeyboardInterrupt):
-        run_seeds(cfg, tmp_path / "cut")
-    monkeypatch.setattr(seeds_module, "end_task", real_end)
-    run_seeds(cfg, tmp_path / "cut", resume=True)
+        run(cfg, tmp_path / "cut")
+    monkeypatch.setattr(loop, "end_task", real_end)
+    run(cfg, tmp_path / "cut", resume=True)
     for s in (3, 4):
         for k, v in weights(tmp_path / f"whole/seed_{s}").items():
             assert torch.equal(v, weights(tmp_path / f"cut/seed_{s}")[k])
@@ -100,9 +99,9 @@ def test_cli_runs_seeds_into_their_own_directories_and_wandb_runs(tmp_path, monk
 
 
 def test_unsupported_runs_say_what_to_do_instead(compose, tmp_path):
-    from plasticity_lab.lab.seeds import run_seeds
+    from plasticity_lab.lab.loop import run
 
     with pytest.raises(ConfigError, match="seeds.*Adam.*--multirun seed=0,1"):
-        run_seeds(compose([*BASE, "agent.optimizer.name=adam", "seeds=[0,1]"]), tmp_path / "a")
+        run(compose([*BASE, "agent.optimizer.name=adam", "seeds=[0,1]"]), tmp_path / "a")
     with pytest.raises(ConfigError, match="distinct integer seeds"):
-        run_seeds(compose([*BASE, "seeds=[1,1]"]), tmp_path / "b")
+        run(compose([*BASE, "seeds=[1,1]"]), tmp_path / "b")

@@ -1,5 +1,6 @@
 """Continual backprop (Dohare et al., "Loss of plasticity in deep continual
-learning", Nature 632, 2024, arXiv:2306.13812; REFERENCE.md §A).
+learning", Nature 632, 2024, arXiv:2306.13812, Methods "Continual
+backpropagation"; code: shibhansh/loss-of-plasticity, lop/algos/gnt.py).
 
 After every update, for each hidden layer with units j (eta = decay_rate):
 
@@ -18,10 +19,10 @@ After every update, for each hidden layer with units j (eta = decay_rate):
    helper (new incoming weights from the init distribution, bias 0, outgoing
    weights 0, optimizer state of those entries cleared), with u, f, age = 0.
 
-Follows the paper. The authors' code also "bias-corrects" the next layer
-(b_next += W_next[:, j] f̂_j) but zeroes f_j first, so the correction adds 0
-there (REFERENCE.md §A, confirmed by running it); ``next_bias_correction=true``
-applies the intended correction, with f̂_j read before it is zeroed.
+Follows the paper. The authors' code (lop/algos/gnt.py, ``reinit_features``)
+also "bias-corrects" the next layer (b_next += W_next[:, j] f̂_j) but zeroes f_j
+first, so the correction adds 0 there; ``next_bias_correction=true`` applies
+the intended correction, with f̂_j read before it is zeroed.
 """
 from __future__ import annotations
 
@@ -32,7 +33,8 @@ import numpy as np
 import torch
 
 from plasticity_lab.agents.agent import Agent, StepInfo
-from plasticity_lab.agents.interventions import interventions
+from plasticity_lab.agents.interventions import Intervention, interventions
+from plasticity_lab.agents.interventions.magnitudes import WeightMagnitudes
 from plasticity_lab.agents.interventions.units import per_unit, reset_units
 
 UTIL_TYPES = ("contribution", "zero_contribution", "adaptable_contribution", "feature_by_input", "weight",
@@ -65,7 +67,7 @@ class LayerUtility:
 
 @interventions.register("cbp")
 @dataclass
-class ContinualBackprop:
+class ContinualBackprop(Intervention):
     """Continual backprop: replace a small fraction of low-utility mature units
     every step. Defaults: the paper's permuted-MNIST configuration (decay 0.99,
     maturity 100, adaptable contribution, accumulated replacement), with
@@ -91,7 +93,6 @@ class ContinualBackprop:
         if self.util_type not in UTIL_TYPES:
             raise ValueError(f"util_type must be one of {', '.join(UTIL_TYPES)}; got {self.util_type!r}")
 
-    @property
     def needs_weight_abs_sums(self) -> bool:
         """Asks the fused path for each step's |W| row/column sums (agents/abs_sums.py)."""
         return self.util_type != "random"
@@ -197,60 +198,3 @@ class ContinualBackprop:
             power = self.decay_rate ** age.double() if power is None else power
             self.layers.append(LayerUtility(s["util"], s["mean_feature"], age.cpu().numpy().copy(), power,
                                             s["accumulated"]))
-
-
-class WeightMagnitudes:
-    """Mean |W| per unit, in and out. A fused step that updated the weights
-    hands over the row and column sums of the new |W| it computed in that pass
-    (``StepInfo.weight_abs_sums``, agents/abs_sums.py); otherwise |W| is
-    computed here at most once per matrix per step, into a buffer kept across
-    steps (row sums contiguous, column sums a BLAS vector-matrix product). A
-    hidden layer's incoming matrix is the previous layer's outgoing one, so
-    each matrix is read once per step however many utilities use it."""
-
-    def __init__(self) -> None:
-        self._buffers: dict[int, torch.Tensor] = {}
-        self._fresh: set[int] = set()
-        self._given: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-
-    def new_step(self, sums: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
-                 layers: list | None = None) -> None:
-        """Forget last step's |W|; ``sums`` (per weight layer of ``layers``) are this step's, if given."""
-        self._fresh.clear()
-        self._given = {} if sums is None else {id(layer.weight): s for layer, s in zip(layers, sums)}
-
-    def absolute(self, w: torch.Tensor) -> torch.Tensor:
-        w2 = w.flatten(1) if w.dim() > 2 else w
-        key = id(w)
-        buf = self._buffers.get(key)
-        if buf is None or buf.shape != w2.shape:
-            buf = self._buffers[key] = torch.empty_like(w2)
-        if key not in self._fresh:
-            torch.abs(w2, out=buf)
-            self._fresh.add(key)
-        return buf
-
-    def incoming(self, layer) -> torch.Tensor:
-        """mean_i |W_cur[j, i]| per unit j (a contiguous row sum: ~4x faster than the mat-vec here)."""
-        w = layer.incoming.weight
-        given = self._given.get(id(w))
-        if given is not None:
-            return given[0] / w.shape[1]
-        a = self.absolute(w)
-        return a.sum(1).div_(a.shape[1])
-
-    def outgoing(self, layer) -> torch.Tensor:
-        """mean_k |W_next[k, j]| per unit j (over all columns the unit feeds)."""
-        w = layer.outgoing.weight
-        units = layer.incoming.weight.shape[0]
-        given = self._given.get(id(w))
-        if given is not None:
-            per_column = given[1] / w.shape[0]
-        else:
-            a = self.absolute(w)
-            per_column = a.new_full((a.shape[0],), 1.0 / a.shape[0]) @ a
-        if w.dim() > 2:  # conv: (in-channel, kernel position) columns -> mean over the kernel positions too
-            per_column = per_column.view(w.shape[1], -1).mean(1)
-        if per_column.shape[0] != units:  # several columns per unit: CReLU's blocks or a conv's positions
-            per_column = per_column.view(units, -1).mean(1) if layer.consecutive else per_column.view(-1, units).mean(0)
-        return per_column

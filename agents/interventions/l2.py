@@ -9,12 +9,12 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from plasticity_lab.agents.interventions import interventions
+from plasticity_lab.agents.interventions import Intervention, interventions
 
 
 @interventions.register("l2")
 @dataclass
-class L2:
+class L2(Intervention):
     """Penalty (weight / 2) ||theta||^2 added to the loss every step."""
 
     weight: float = 1e-4
@@ -23,9 +23,8 @@ class L2:
         if self.weight < 0:
             raise ValueError(f"weight must be >= 0, got {self.weight}")
 
-    @property
-    def decay(self) -> float:
-        """The same term as a per-step decay (its gradient is weight * theta): what the fused path applies."""
+    def as_weight_decay(self) -> float:
+        """The same term as SGD weight decay (its gradient is weight * theta): what the fused path applies."""
         return self.weight
 
     def penalty(self, model: nn.Module) -> torch.Tensor:

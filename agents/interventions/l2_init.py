@@ -13,12 +13,12 @@ import torch
 from torch import nn
 
 from plasticity_lab.agents.agent import Agent
-from plasticity_lab.agents.interventions import interventions
+from plasticity_lab.agents.interventions import Intervention, interventions
 
 
 @interventions.register("l2_init")
 @dataclass
-class L2Init:
+class L2Init(Intervention):
     """Penalty weight * ||theta - theta_0||^2 toward the initial parameters."""
 
     weight: float = 1e-2

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from plasticity_lab.agents.agent import Agent, StepInfo
-from plasticity_lab.agents.interventions import interventions
+from plasticity_lab.agents.interventions import Intervention, interventions
 from plasticity_lab.agents.interventions.units import per_unit, reset_units
 
 if TYPE_CHECKING:
@@ -36,7 +36,7 @@ def dormant_scores(h: torch.Tensor) -> torch.Tensor:
 
 @interventions.register("redo")
 @dataclass
-class ReDo:
+class ReDo(Intervention):
     """Reset tau-dormant units every ``period`` steps (tau=0: dead units only)."""
 
     tau: float = 0.1

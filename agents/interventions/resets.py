@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from plasticity_lab.agents.agent import Agent, StepInfo
-from plasticity_lab.agents.interventions import interventions, run_per_task
+from plasticity_lab.agents.interventions import Intervention, interventions
 
 if TYPE_CHECKING:
     from plasticity_lab.streams import Task
@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
 @interventions.register("reset")
 @dataclass
-class Reset:
+class Reset(Intervention):
     """Re-initialise the head, the last k layers or everything, per task or every N steps."""
 
     layers: str = "head"
@@ -40,7 +40,10 @@ class Reset:
             raise ValueError(f"every must be 'task' or a positive number of steps, got {self.every!r}")
         if self.mode not in ("init", "zero"):
             raise ValueError(f"mode must be 'init' or 'zero', got {self.mode!r}")
-        run_per_task(self, self.every == "task")
+
+    def moments(self) -> frozenset[str]:
+        """At task starts (``every=task``) or after steps (``every=N``)."""
+        return frozenset({"on_task_start"} if self.every == "task" else {"after_step"})
 
     def which(self, n_layers: int) -> range:
         k = {"head": 1, "all": n_layers}.get(self.layers) or min(int(self.layers), n_layers)

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from plasticity_lab.agents.agent import Agent, StepInfo
-from plasticity_lab.agents.interventions import interventions, run_per_task
+from plasticity_lab.agents.interventions import Intervention, interventions
 
 if TYPE_CHECKING:
     from plasticity_lab.streams import Task
@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
 @interventions.register("shrink_perturb")
 @dataclass
-class ShrinkPerturb:
+class ShrinkPerturb(Intervention):
     """Shrink weights toward 0 and add noise, every step or at each task start."""
 
     shrink: float = 0.0
@@ -41,7 +41,10 @@ class ShrinkPerturb:
             raise ValueError(f"noise_std must be >= 0, got {self.noise_std}")
         if self.at not in ("step", "task"):
             raise ValueError(f"at must be 'step' or 'task', got {self.at!r}")
-        run_per_task(self, self.at == "task")
+
+    def moments(self) -> frozenset[str]:
+        """Per step (``after_step``) or at task starts (``on_task_start``), as ``at`` says."""
+        return frozenset({"after_step"} if self.at == "step" else {"on_task_start"})
 
     @torch.no_grad()
     def after_step(self, agent: Agent, info: StepInfo) -> None:

@@ -16,12 +16,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from plasticity_lab.agents.agent import Agent
-from plasticity_lab.agents.interventions import interventions
+from plasticity_lab.agents.interventions import Intervention, interventions
 
 
 @interventions.register("spectral")
 @dataclass
-class Spectral:
+class Spectral(Intervention):
     """Keep each layer's largest singular value near 1."""
 
     weight: float = 1e-3

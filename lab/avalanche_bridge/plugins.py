@@ -2,8 +2,10 @@
 
 Both wrap the lab's own objects and call their hooks at the matching moments
 of an Avalanche strategy: ``before_training_exp`` -> ``on_task_start``,
-``after_training_iteration`` (after the optimizer step) -> ``after_step``,
-``after_training_exp`` -> ``on_task_end``. The features of the pre-update
+``before_forward`` (training) -> ``before_step``, ``before_backward`` ->
+``penalty`` (added to the strategy's loss), ``after_training_iteration``
+(after the optimizer step) -> ``after_step``, ``after_training_exp`` ->
+``on_task_end``. The features of the pre-update
 forward pass (what continual backprop's utility reads) are captured with
 forward hooks on the network's activation modules.
 """
@@ -17,6 +19,7 @@ from avalanche.evaluation import PluginMetric
 from avalanche.evaluation.metric_results import MetricValue
 
 from plasticity_lab.agents import Agent, StepInfo
+from plasticity_lab.agents.hooks import RunHooks, plan_hooks
 from plasticity_lab.agents.interventions import interventions
 from plasticity_lab.metrics.tracker import Tracker
 from plasticity_lab.streams import Task
@@ -48,11 +51,13 @@ class _FeatureCapture:
 
 
 class LabPlugin(SupervisedPlugin):
-    """Runs lab hook objects (interventions, a tracker) inside an Avalanche strategy."""
+    """Runs lab hook objects (interventions, a tracker) inside an Avalanche
+    strategy, at the moments their HookPlan (agents/hooks.py) lists."""
 
-    def __init__(self, *hook_objects: Any):
+    def __init__(self, *hook_objects: RunHooks):
         super().__init__()
         self.objects = list(hook_objects)
+        self.plan = plan_hooks(self.objects)
         self.agent: Agent | None = None
         self.capture: _FeatureCapture | None = None
         self.records: list[dict] = []
@@ -61,33 +66,40 @@ class LabPlugin(SupervisedPlugin):
         if self.agent is None or self.agent.model is not strategy.model:
             self.agent = Agent(strategy.model, strategy.optimizer)
             self.capture = _FeatureCapture(strategy.model)
-            for obj in self.objects:
-                if hasattr(obj, "on_run_start"):
-                    obj.on_run_start(self.agent)
+            for hook in self.plan.on_run_start:
+                hook(self.agent)
         self.agent.optimizer = strategy.optimizer
         return self.agent
 
-    def _call(self, moment: str, *args: Any) -> None:
-        for obj in self.objects:
-            fn = getattr(obj, moment, None)
-            if callable(fn):
-                rec = fn(*args)
-                if rec:
-                    self.records.append(rec)
+    def _call(self, hooks: tuple, *args: Any) -> None:
+        for hook in hooks:
+            rec = hook(*args)
+            if rec:
+                self.records.append(rec)
 
     def before_training_exp(self, strategy: Any, *args: Any, **kwargs: Any) -> None:
-        self._call("on_task_start", self._agent(strategy), experience_task(strategy.experience))
+        self._call(self.plan.on_task_start, self._agent(strategy), experience_task(strategy.experience))
+
+    def before_forward(self, strategy: Any, *args: Any, **kwargs: Any) -> None:
+        if strategy.is_training and self.plan.before_step:
+            self._call(self.plan.before_step, self._agent(strategy), strategy.mb_x, strategy.mb_y)
+
+    def before_backward(self, strategy: Any, *args: Any, **kwargs: Any) -> None:
+        for penalty in self.plan.penalty:
+            strategy.loss = strategy.loss + penalty(strategy.model)
 
     def after_training_iteration(self, strategy: Any, *args: Any, **kwargs: Any) -> None:
+        if not self.plan.after_step:
+            return
         agent = self._agent(strategy)
         logits = strategy.mb_output.detach()
         y = strategy.mb_y
         info = StepInfo(strategy.mb_x, y, logits, strategy.loss.detach(), (logits.argmax(1) == y).sum(),
                         list(self.capture.outputs))
-        self._call("after_step", agent, info)
+        self._call(self.plan.after_step, agent, info)
 
     def after_training_exp(self, strategy: Any, *args: Any, **kwargs: Any) -> None:
-        self._call("on_task_end", self._agent(strategy), experience_task(strategy.experience))
+        self._call(self.plan.on_task_end, self._agent(strategy), experience_task(strategy.experience))
 
 
 def intervention_plugin(name: str, **params: Any) -> LabPlugin:

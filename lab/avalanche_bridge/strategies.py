@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 import torch
 
-from plasticity_lab.agents import Agent
+from plasticity_lab.agents.agent import WholeTaskAgent
 from plasticity_lab.streams import Task
 
 STRATEGIES: dict[str, tuple[str, dict[str, Any]]] = {
@@ -32,7 +32,7 @@ STRATEGIES: dict[str, tuple[str, dict[str, Any]]] = {
 }
 
 
-class AvalancheAgent(Agent):
+class AvalancheAgent(WholeTaskAgent):
     """An Agent whose per-task training is an Avalanche strategy's."""
 
     def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, strategy: dict[str, Any],

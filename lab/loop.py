@@ -1,0 +1,226 @@
+"""The training loop, the same for one run and for a vectorised group of seeds.
+
+A group of N runs (N = 1 for a plain ``lab run``) trains in lock-step: each
+batch is an (N, B, ...) tensor, one step updates every run (the fused step
+of stacked seeds, agents/stacked.py, or one agent's ``observe`` when N = 1),
+then each run's ``after_step`` hooks see their own :class:`StepInfo`. With
+N > 1 every run's hooks, augmentation and task boundary run with that run's
+own random generators (lab/seeds.py), so a seed draws the same numbers alone
+or among others.
+
+The hot path reads nothing back from the device: online accuracy and loss
+accumulate in device tensors and are read every ``train.log_every`` steps
+(the loop's only host sync, which also checks that the loss is finite).
+"""
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from omegaconf import DictConfig
+
+from plasticity_lab.agents import Agent, StepInfo
+from plasticity_lab.agents.agent import WholeTaskAgent
+from plasticity_lab.agents.fused import FusedAgent
+from plasticity_lab.agents.stacked import StackedStep
+from plasticity_lab.agents.cuda_graph import graphed
+from plasticity_lab.lab.progress import Progress
+from plasticity_lab.lab.runner import (NonFiniteLoss, RunContext, begin_task, check_finite, emit_record, end_task,
+                                       finish_run, open_run, progress_metric, save_checkpoint, task_examples)
+from plasticity_lab.lab.seeds import SeedGenerators, open_seeds
+from plasticity_lab.lab.sinks import close_all
+from plasticity_lab.registry import ConfigError
+from plasticity_lab.streams import Task, task_rng
+
+StepResult = tuple[torch.Tensor, torch.Tensor, Callable[[int], StepInfo]]
+"""One update of a group: loss (N,), correct predictions (N,), and run j's StepInfo on demand."""
+
+
+class AgentStep:
+    """One agent's ``observe`` as the step of a group of one."""
+
+    def __init__(self, agent: Agent):
+        self.agent = agent
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> StepResult:
+        info = self.agent.observe(x[0], y[0])
+        return info.loss.view(1), info.correct.view(1), lambda j: info
+
+    def flush(self) -> None:
+        self.agent.flush_updates()
+
+
+class StackStep:
+    """The fused step of N stacked agents (agents/stacked.py, graphed on a GPU)."""
+
+    def __init__(self, stack: Any):
+        self.stack = stack
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> StepResult:
+        out = self.stack.step(x, y)
+        return out[0], out[1], lambda j: self.stack.info(j, x, y, *out)
+
+    def flush(self) -> None:
+        self.stack.flush()
+
+
+def group_step(ctxs: list[RunContext]) -> AgentStep | StackStep:
+    """The step of a group: the stacked fused step for fused agents (one or
+    many), the agent's own ``observe`` for a single autograd run."""
+    agents = [c.agent for c in ctxs]
+    if all(isinstance(a, FusedAgent) for a in agents):
+        if len(agents) == 1:
+            return StackStep(agents[0].stepper())
+        return StackStep(graphed(StackedStep(agents), agents[0].cuda_graphs))
+    if len(agents) > 1:
+        raise ConfigError("seeds", [c.cfg.seed for c in ctxs], "runs on the fused path (agents/fused.py)")
+    return AgentStep(agents[0])
+
+
+def run(cfg: DictConfig, out_dir: str | Path | None = None, resume: bool = False) -> list[dict[str, Any]]:
+    """Train ``cfg`` to the end (from the last checkpoint with ``resume``): one
+    run, or with ``seeds=[...]`` every seed vectorised in this process.
+    Returns each run's summary (also written to its ``summary.json``)."""
+    if cfg.get("seeds"):
+        ctxs, generators = open_seeds(cfg, out_dir, resume)
+    else:
+        ctxs, generators = [open_run(cfg, out_dir, resume)], SeedGenerators.single()
+    try:
+        return train(ctxs, generators)
+    finally:
+        for ctx in ctxs:
+            close_all(ctx.sinks)
+
+
+def train(ctxs: list[RunContext], generators: SeedGenerators) -> list[dict[str, Any]]:
+    """Every remaining task of the group's runs, then their summaries."""
+    cfg, stream, first = ctxs[0].cfg, ctxs[0].stream, ctxs[0].first_task
+    whole_task = isinstance(ctxs[0].agent, WholeTaskAgent)
+    step = None if whole_task else group_step(ctxs)
+    sizes = task_examples(ctxs[0])
+    progress = Progress(stream.num_tasks, [n * len(ctxs) for n in sizes], first, cfg.progress, progress_metric(stream))
+    quiet = Progress(stream.num_tasks, sizes, first, "off")
+    t_start = time.perf_counter()
+    try:
+        for k in range(first, stream.num_tasks):
+            tasks = []
+            for i, ctx in enumerate(ctxs):
+                with generators.own(i):
+                    tasks.append(ctx.stream.task(k).to(ctx.device))
+                    begin_task(ctx, tasks[-1])
+            t0 = time.perf_counter()
+            if whole_task:
+                totals = [train_whole_task(ctxs[0], tasks[0], progress)]
+            else:
+                totals = train_task(ctxs, tasks, step, generators, progress)
+            seconds = time.perf_counter() - t0
+            for i, (ctx, task, (correct, loss, seen)) in enumerate(zip(ctxs, tasks, totals)):
+                with generators.own(i):
+                    end_task(ctx, task, correct, loss, seen, seconds, progress if i == 0 else quiet)
+                    save_checkpoint(ctx, k)
+        progress.close()
+        return [finish_run(ctx, time.perf_counter() - t_start) for ctx in ctxs]
+    finally:
+        progress.close()
+
+
+def epoch_order(seed: int, task_id: int, epoch: int, n: int) -> torch.Tensor:
+    """The order of a task's n examples in one epoch, from (seed, task, epoch) alone."""
+    g = torch.Generator().manual_seed(int(task_rng(seed, task_id, f"order{epoch}").integers(2**62)))
+    return torch.randperm(n, generator=g)
+
+
+def train_task(ctxs: list[RunContext], tasks: list[Task], step: AgentStep | StackStep, generators: SeedGenerators,
+               progress: Progress) -> list[tuple[float, float, int]]:
+    """The hot loop: every run's epochs over its task, one group step per
+    batch. Returns each run's (correct, summed loss, examples), read once."""
+    cfg, device = ctxs[0].cfg, ctxs[0].device
+    bs, log_every, augment = cfg.train.batch_size, cfg.train.log_every, ctxs[0].stream.augment
+    n = tasks[0].num_train
+    if any(t.num_train != n for t in tasks):
+        raise ConfigError("seeds", [c.cfg.seed for c in ctxs], "streams whose tasks have the same size for every seed")
+    before = any(c.hooks.before_step for c in ctxs) or augment is not None
+    correct = torch.zeros(len(ctxs), dtype=torch.long, device=device)
+    loss_sum = torch.zeros(len(ctxs), device=device)
+    seen, read = 0, ([0] * len(ctxs), [0.0] * len(ctxs), 0)
+    for epoch in range(cfg.train.epochs):
+        xs, ys = _epoch_data(ctxs, tasks, epoch, device)
+        for i in range(0, n, bs):
+            xb, yb = xs[:, i:i + bs], ys[:, i:i + bs]
+            if before:
+                xb = _before_step(ctxs, generators, xb, yb, augment)
+            loss, corr, info = step(xb, yb)
+            correct.add_(corr)
+            loss_sum.add_(loss, alpha=yb.shape[1])
+            for j, ctx in enumerate(ctxs):
+                if ctx.hooks.after_step:
+                    with generators.own(j, full=False):
+                        for h in ctx.hooks.after_step:
+                            emit_record(ctx, tasks[j].id, h(ctx.agent, info(j)))
+                ctx.step += 1
+            seen += yb.shape[1]
+            if ctxs[0].step % log_every == 0:
+                read = _log_windows(ctxs, tasks, correct, loss_sum, seen, read, progress)
+    step.flush()
+    read = _log_windows(ctxs, tasks, correct, loss_sum, seen, read, progress, record=False)
+    return [(c, l, seen) for c, l in zip(read[0], read[1])]
+
+
+def _epoch_data(ctxs: list[RunContext], tasks: list[Task], epoch: int, device: torch.device
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every run's task tensors in its own epoch order, as (N, n, ...) tensors."""
+    orders = [epoch_order(c.cfg.seed, t.id, epoch, t.num_train).to(device) for c, t in zip(ctxs, tasks)]
+    if len(tasks) == 1:
+        return tasks[0].x_train[orders[0]][None], tasks[0].y_train[orders[0]][None]
+    return (torch.stack([t.x_train[o] for t, o in zip(tasks, orders)]),
+            torch.stack([t.y_train[o] for t, o in zip(tasks, orders)]))
+
+
+def _before_step(ctxs: list[RunContext], generators: SeedGenerators, xb: torch.Tensor, yb: torch.Tensor,
+                 augment: Any) -> torch.Tensor:
+    """Each run's augmentation and ``before_step`` hooks, with its own generators."""
+    out = []
+    for j, ctx in enumerate(ctxs):
+        with generators.own(j, full=False):
+            x = augment(xb[j]) if augment is not None else xb[j]
+            for h in ctx.hooks.before_step:
+                h(ctx.agent, x, yb[j])
+        out.append(x)
+    return torch.stack(out) if augment is not None else xb
+
+
+def _log_windows(ctxs: list[RunContext], tasks: list[Task], correct: torch.Tensor, loss_sum: torch.Tensor, seen: int,
+                 read: tuple[list[int], list[float], int], progress: Progress,
+                 record: bool = True) -> tuple[list[int], list[float], int]:
+    """Read every run's accumulators with one device sync, check the losses
+    are finite and emit each run's window record. Returns the new read-out."""
+    c, l = correct.tolist(), loss_sum.tolist()
+    for ctx, task, loss in zip(ctxs, tasks, l):
+        check_finite(ctx, loss, task.id)
+    dn = seen - read[2]
+    if dn:
+        progress.advance(dn * len(ctxs), tasks[0].id)
+        if record:
+            for ctx, task, ci, li, c0, l0 in zip(ctxs, tasks, c, l, read[0], read[1]):
+                emit_record(ctx, task.id, {"train/loss": (li - l0) / dn, "train/online_acc": (ci - c0) / dn})
+    return c, l, seen
+
+
+def train_whole_task(ctx: RunContext, task: Task, progress: Progress) -> tuple[float, float, int]:
+    """Hand the task to an agent with its own loop (an Avalanche strategy);
+    the run's per-step hooks run inside it."""
+    hooks = [lambda agent, info, h=h: emit_record(ctx, task.id, h(agent, info)) for h in ctx.hooks.after_step]
+    label = task.id if ctx.stream.scenario == "task" else 0
+    correct, loss, seen, updates = ctx.agent.train_task(task, label, hooks)
+    ctx.step += updates
+    if not math.isfinite(loss):
+        raise NonFiniteLoss(f"the training loss became {loss} in task {task.id}; try a smaller agent.optimizer.lr")
+    progress.advance(seen, task.id)
+    emit_record(ctx, task.id, {"train/loss": loss / max(seen, 1), "train/online_acc": correct / max(seen, 1)})
+    return correct, loss, seen
+
+
+__all__ = ["run", "train", "train_task", "epoch_order", "group_step"]
