@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -28,6 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     p_res.add_argument("out_dir")
     p_list = sub.add_parser("list", help="every registered name with its parameters")
     p_list.add_argument("--json", action="store_true")
+    p_list.add_argument("--markdown", action="store_true", help="the metric table (as in the README)")
     p_plot = sub.add_parser("plot", help="plots of run directories (a folder of runs compares them)")
     p_plot.add_argument("run_dirs", nargs="+")
     p_plot.add_argument("--out", help="where comparison figures go (default: plots/ here)")
@@ -38,6 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     p_dash.add_argument("--project", required=True)
     p_dash.add_argument("--entity", help="W&B entity (user or team); default: your login's")
     p_dash.add_argument("--dry-run", action="store_true", help="print the workspace spec as JSON, send nothing")
+    p_dash.add_argument("run_dirs", nargs="*", help="runs whose metrics (plug-ins' too) get panels as well")
     p_data = sub.add_parser("data", help="prepare a downloaded data set for a stream (nothing is downloaded)")
     data_sub = p_data.add_subparsers(dest="dataset", required=True)
     p_in32 = data_sub.add_parser("imagenet32", help="Imagenet32_train/val batch files -> per-class arrays (continual_imagenet)")
@@ -52,11 +55,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "resume":
             return _resume(Path(args.out_dir))
         if args.command == "list":
-            return _list(args.json)
+            return _list(args.json, args.markdown)
         if args.command == "plot":
             return _plot([Path(d) for d in args.run_dirs], args.out)
         if args.command == "dashboard":
-            return _dashboard(args.project, args.entity, args.dry_run)
+            return _dashboard(args.project, args.entity, args.dry_run, [Path(d) for d in args.run_dirs])
         if args.command == "data":
             return _data(args)
         if args.command == "compare":
@@ -64,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"lab: error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except BrokenPipeError:  # `lab list | head`: the reader left; say nothing more
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0
 
 
@@ -176,15 +181,20 @@ def _as_override(o, value: str) -> str:
     return value if not o.is_sweep_override() else f"{o.get_key_element()}={value}"
 
 
-def _list(as_json: bool) -> int:
+def _list(as_json: bool, markdown: bool) -> int:
+    """Every registered name with its parameters (``--json``); ``--markdown``: the metric table."""
     from plasticity_lab.agents import activations, interventions, networks
     from plasticity_lab.agents.optimizers import optimizer_names
     from plasticity_lab.lab.avalanche_bridge.strategies import STRATEGIES
     from plasticity_lab.lab.config import config_dir
+    from plasticity_lab.metrics.catalog import markdown_table, metrics, record_name, when_text
     from plasticity_lab.metrics.tracker import Tracker
     from plasticity_lab.registry import params_of
     from plasticity_lab.streams import streams
 
+    if markdown:
+        print(markdown_table())
+        return 0
     table = {
         "experiments": {p.stem: {} for p in sorted(Path(config_dir(), "experiment").glob("*.yaml"))},
         "streams": {n: streams.params(n) for n in streams.names()},
@@ -193,17 +203,25 @@ def _list(as_json: bool) -> int:
         "interventions": {n: interventions.params(n) for n in interventions.names()},
         "optimizers": {n: {} for n in optimizer_names()},
         "avalanche_strategies": {n: params for n, (_, params) in STRATEGIES.items()},
-        "metrics": {"tracker": params_of(Tracker)},
+        "tracker": {"metrics": params_of(Tracker)},  # its parameters are the metrics.* config keys
         "sinks": {"jsonl": {}, "wandb": {"mode": "auto|online|offline"}},
     }
+    facts = {
+        "activations": {n: {"exact zeros": activations.facts(n).exact_zeros,
+                            "fused path": activations.facts(n).derivative is not None} for n in activations.names()},
+        "metrics": {record_name(n, metrics.facts(n)): {"unit": metrics.facts(n).unit, "when": when_text(metrics.facts(n))}
+                    for n in metrics.names()},
+    }
     if as_json:
-        print(json.dumps(table, indent=1, default=str))
+        print(json.dumps({**table, "activation_facts": facts["activations"], "metrics": facts["metrics"]}, indent=1,
+                         default=str))
         return 0
-    for kind, entries in table.items():
+    for kind, entries in [*table.items(), ("metrics", facts["metrics"])]:
         print(f"{kind}:")
         for name, params in entries.items():
             ps = ", ".join(f"{k}={v!r}" for k, v in params.items())
-            print(f"  {name}" + (f"  ({ps})" if ps else ""))
+            flags = [k for k, v in facts.get(kind, {}).get(name, {}).items() if v is True]
+            print(f"  {name}" + (f"  ({ps})" if ps else "") + (f"  [{', '.join(flags)}]" if flags else ""))
     return 0
 
 
@@ -222,19 +240,21 @@ def _plot(dirs: list[Path], out: str | None) -> int:
     return 0
 
 
-def _dashboard(project: str, entity: str | None, dry_run: bool) -> int:
-    from plasticity_lab.lab.dashboard import SPEC, build_workspace, save_workspace
+def _dashboard(project: str, entity: str | None, dry_run: bool, run_dirs: list[Path]) -> int:
+    from plasticity_lab.lab.compare import declared_metrics, load_runs
+    from plasticity_lab.lab.dashboard import build_workspace, save_workspace, spec
 
+    layout = spec(declared_metrics(load_runs(run_dirs)) if run_dirs else None)
     if dry_run:
-        build_workspace(project, entity or "your-entity")  # the spec must make a valid workspace
-        print(json.dumps({"project": project, "entity": entity, **SPEC}, indent=1))
+        build_workspace(project, entity or "your-entity", layout)  # the spec must make a valid workspace
+        print(json.dumps({"project": project, "entity": entity, **layout}, indent=1))
         return 0
     if entity is None:
         import wandb
 
         entity = wandb.Api().default_entity
     try:
-        print(save_workspace(project, entity))
+        print(save_workspace(project, entity, layout))
     except Exception as err:  # no login, no network, no such project: say so, nothing was changed
         raise ConfigError("dashboard", f"{entity}/{project}", f"a reachable W&B project with a login ({err}); "
                           "--dry-run prints the spec without W&B") from None

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from plasticity_lab.metrics.catalog import MetricFacts, facts_from, shown
 from plasticity_lab.registry import ConfigError
 
 IGNORED = ("seed", "out_dir", "wandb", "progress", "metrics", "plugins", "device", "train.threads",
@@ -133,6 +134,23 @@ def group_runs(runs: list[Run]) -> list[Group]:
     return list(groups.values())
 
 
+def declared_metrics(runs: list[Run]) -> dict[str, MetricFacts]:
+    """The metric facts the runs' summaries carry (a plug-in's metrics too,
+    without importing its code), over the catalog's own."""
+    out: dict[str, MetricFacts] = {}
+    for run in runs:
+        for name, described in run.summary.get("metric_facts", {}).items():
+            out[name] = facts_from(described)
+    return out
+
+
+def final_value(run: Run, name: str) -> float:
+    """The run's last measurement of metric ``name`` (mean over its layers), NaN if never measured."""
+    final = run.summary.get("final_metrics", {})
+    values = [v for key, v in final.items() if key == name or key.startswith(name + "/")]
+    return float(np.mean(values)) if values else math.nan
+
+
 def mean_se(x: np.ndarray) -> tuple[float, float]:
     """Mean and standard error (sample std / sqrt n; 0 for a single run)."""
     x = np.asarray(x, dtype=float)
@@ -143,9 +161,12 @@ def mean_se(x: np.ndarray) -> tuple[float, float]:
 
 
 def table(groups: list[Group]) -> tuple[list[str], list[list[str]]]:
+    """One row per group: the run-level scores, then one column per metric the
+    catalog (or the runs' summaries) marks with a ``column``."""
+    columns = shown("column", declared_metrics([r for g in groups for r in g.runs]))
     head = ["method", "seeds", "avg accuracy", "online acc (first 10%)", "online acc (last 10%)",
-            "online loss (first 10%)", "online loss (last 10%)", "forgetting", "BWT", "dead units (final)",
-            "effective rank (final)"]
+            "online loss (first 10%)", "online loss (last 10%)", "forgetting", "BWT",
+            *(f.column for f in columns.values())]
     rows = []
     for g in groups:
         acc, loss = g.series("online_accuracy"), g.series("online_loss")
@@ -155,12 +176,10 @@ def table(groups: list[Group]) -> tuple[list[str], list[list[str]]]:
             m, se = mean_se(values)
             return "-" if math.isnan(m) else f"{m:.3f} ± {se:.3f}"
 
-        dead = [np.mean([v for key, v in r.summary.get("final_metrics", {}).items() if key.startswith("units/dead_frac/")] or [np.nan]) for r in g.runs]
-        erank = [np.mean([v for key, v in r.summary.get("final_metrics", {}).items() if key.startswith("rank/effective/")] or [np.nan]) for r in g.runs]
         rows.append([g.label, str(len(g.runs)), fmt(g.values("avg_accuracy")), fmt(acc[:, :k].mean(1)),
                      fmt(acc[:, -k:].mean(1)), fmt(loss[:, :k].mean(1)), fmt(loss[:, -k:].mean(1)),
-                     fmt(g.values("forgetting")), fmt(g.values("bwt")), fmt(np.array(dead)),
-                     fmt(np.array(erank))])
+                     fmt(g.values("forgetting")), fmt(g.values("bwt")),
+                     *(fmt(np.array([final_value(r, name) for r in g.runs])) for name in columns)])
     return head, rows
 
 

@@ -1,10 +1,11 @@
 """A ready W&B workspace for plasticity runs, built with W&B's own
 ``wandb-workspaces`` API.
 
-``SPEC`` is the single definition: panels of online accuracy per task, dead
-units, effective rank, weight magnitude, forgetting and the plasticity probe,
-each averaged per method (runs grouped by activation, interventions and
-optimizer, mean ± standard error over seeds), against the global step (a
+:func:`spec` derives the workspace from the metric catalog
+(metrics/catalog.py: each metric's ``panel``): online accuracy per task,
+dead units, effective rank, weight magnitude, forgetting and the plasticity
+probes, each averaged per method (runs grouped by activation, interventions
+and optimizer, mean ± standard error over seeds), against the global step (a
 task-end record and the next task's start record share a step, so the
 ``task`` field of that W&B row is the new task's). ``lab dashboard --dry-run``
 prints it; without ``--dry-run`` it is saved to the project (needs a login and
@@ -12,50 +13,46 @@ network).
 """
 from __future__ import annotations
 
+import re
 from typing import Any
 
+from plasticity_lab.metrics.catalog import MetricFacts, shown
+
 GROUP_BY = ["experiment", "activation.name", "interventions", "agent.optimizer.name"]
-LAYERS = ("h1", "h2", "h3")
-
-SPEC: dict[str, Any] = {
-    "name": "plasticity-lab",
-    "group_by": GROUP_BY,
-    "sections": [
-        {"name": "Plasticity", "panels": [
-            {"title": "online accuracy per task", "x": "Step", "y": ["train/task_online_acc"]},
-            {"title": "plasticity remaining (probe accuracy / fresh net's)", "x": "Step", "y": ["plasticity/probe_remaining"]},
-            {"title": "plasticity probe accuracy", "x": "Step", "y": ["plasticity/probe_acc"]},
-        ]},
-        {"name": "Representation", "panels": [
-            {"title": "dead units", "x": "Step", "y": [f"units/dead_frac/{l}" for l in LAYERS]},
-            {"title": "effective rank", "x": "Step", "y": [f"rank/effective/{l}" for l in LAYERS]},
-            {"title": "average weight magnitude", "x": "Step", "y": [f"weights/mean_abs/{l}" for l in (*LAYERS, "out")]},
-        ]},
-        {"name": "Forgetting", "panels": [
-            {"title": "forgetting (Chaudhry)", "x": "Step", "y": ["eval/forgetting"]},
-            {"title": "average test accuracy on seen tasks", "x": "Step", "y": ["eval/avg_accuracy"]},
-            {"title": "backward transfer", "x": "Step", "y": ["eval/bwt"]},
-        ]},
-    ],
-}
+SECTION_ORDER = ("Plasticity", "Representation", "Forgetting")
 
 
-def build_workspace(project: str, entity: str, spec: dict[str, Any] = SPEC) -> Any:
+def spec(extra: dict[str, MetricFacts] | None = None) -> dict[str, Any]:
+    """The workspace: one section per ``panel`` named in the metric catalog
+    (and in ``extra``, facts read from runs), one line plot per metric; a
+    per-layer metric's plot matches every layer by regex (``^name/``), so a
+    conv net's conv1..fc2 show up as an MLP's h1..h3 do."""
+    sections: dict[str, list[dict[str, Any]]] = {}
+    for name, facts in shown("panel", extra).items():
+        series = {"y": [name]} if facts.per == "global" else {"metric_regex": f"^{re.escape(name)}/"}
+        sections.setdefault(facts.panel, []).append({"title": facts.title, "x": "Step", **series})
+    order = sorted(sections, key=lambda n: (SECTION_ORDER.index(n) if n in SECTION_ORDER else len(SECTION_ORDER), n))
+    return {"name": "plasticity-lab", "group_by": GROUP_BY,
+            "sections": [{"name": n, "panels": sections[n]} for n in order]}
+
+
+def build_workspace(project: str, entity: str, layout: dict[str, Any]) -> Any:
     """The ``wandb_workspaces`` Workspace object for ``spec`` (nothing is sent)."""
     import wandb_workspaces.reports.v2 as wr
     import wandb_workspaces.workspaces as ws
 
     sections = [
         ws.Section(name=s["name"], is_open=True, panels=[
-            wr.LinePlot(title=p["title"], x=p["x"], y=list(p["y"]), groupby_aggfunc="mean", groupby_rangefunc="stderr")
+            wr.LinePlot(title=p["title"], x=p["x"], y=list(p.get("y", [])), metric_regex=p.get("metric_regex"),
+                        groupby_aggfunc="mean", groupby_rangefunc="stderr")
             for p in s["panels"]])
-        for s in spec["sections"]
+        for s in layout["sections"]
     ]
-    return ws.Workspace(entity=entity, project=project, name=spec["name"], sections=sections,
-                        runset_settings=ws.RunsetSettings(groupby=[ws.Config(k) for k in spec["group_by"]]))
+    return ws.Workspace(entity=entity, project=project, name=layout["name"], sections=sections,
+                        runset_settings=ws.RunsetSettings(groupby=[ws.Config(k) for k in layout["group_by"]]))
 
 
-def save_workspace(project: str, entity: str) -> str:
+def save_workspace(project: str, entity: str, layout: dict[str, Any]) -> str:
     """Save the workspace to W&B; returns its URL."""
-    workspace = build_workspace(project, entity).save()
+    workspace = build_workspace(project, entity, layout).save()
     return getattr(workspace, "url", f"https://wandb.ai/{entity}/{project}")

@@ -13,10 +13,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from scipy.stats import bootstrap  # noqa: E402
 
-from plasticity_lab.lab.compare import Group  # noqa: E402
+from plasticity_lab.lab.compare import Group, declared_metrics  # noqa: E402
+from plasticity_lab.metrics.catalog import shown  # noqa: E402
 
-DIAGNOSTICS = [("units/dead_frac", "dead units (fraction)"), ("rank/effective", "effective rank"),
-               ("weights/mean_abs", "mean |W|"), ("plasticity/probe_remaining", "plasticity remaining")]
 
 
 def _save(fig: Any, path: Path) -> Path:
@@ -94,18 +93,26 @@ def _online_curve(groups: list[Group], path: Path, key: str, ylabel: str) -> Pat
 
 
 def diagnostics(groups: list[Group], path: Path) -> Path:
-    fig, axes = plt.subplots(1, len(DIAGNOSTICS), figsize=(4 * len(DIAGNOSTICS), 3.5))
-    for ax, (stem, title) in zip(axes, DIAGNOSTICS):
+    return _save(diagnostics_figure(groups), path)
+
+
+def diagnostics_figure(groups: list[Group]) -> Any:
+    """One panel per metric the catalog (or the runs' summaries) marks ``plot``:
+    its series over tasks, averaged over layers, mean ± s.e. over seeds."""
+    panels = shown("plot", declared_metrics([r for g in groups for r in g.runs]))
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.5), squeeze=False)
+    for ax, (name, facts) in zip(axes[0], panels.items()):
         for g in groups:
-            tasks, values = g.diagnostic(stem)
+            tasks, values = g.diagnostic(name)
             if values.size:
                 _band(ax, tasks + 1, values, g.label)
-        ax.set(xlabel="task", title=title + (" (mean over layers)" if stem.startswith(("units", "rank", "weights")) else ""))
+        layers = " (mean over layers)" if facts.per in ("layer", "weight_layer") else ""
+        ax.set(xlabel="task", ylabel=facts.unit, title=facts.title + layers)
         ax.grid(alpha=0.3)
-    if axes[0].get_legend_handles_labels()[0]:
-        axes[0].legend(fontsize=6)
-    fig.suptitle("diagnostics at task starts (probe: first examples of the new task); mean ± s.e. over seeds", fontsize=9)
-    return _save(fig, path)
+    if axes[0][0].get_legend_handles_labels()[0]:
+        axes[0][0].legend(fontsize=6)
+    fig.suptitle("diagnostics (measured at task starts or ends); mean ± s.e. over seeds", fontsize=9)
+    return fig
 
 
 def accuracy_matrix(group: Group, path: Path) -> Path:

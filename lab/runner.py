@@ -31,6 +31,7 @@ from plasticity_lab.lab.build import (as_dict, build_agent, build_interventions,
 from plasticity_lab.lab.progress import Progress
 from plasticity_lab.lab.results import DENSE_MAX_TASKS, Results
 from plasticity_lab.lab.sinks import JsonlSink, Sink, emit
+from plasticity_lab.metrics.catalog import facts_of_records
 from plasticity_lab.metrics.tracker import Tracker
 from plasticity_lab.registry import ConfigError
 from plasticity_lab.streams import Stream, Task
@@ -163,6 +164,7 @@ def finish_run(ctx: RunContext, wall: float) -> dict[str, Any]:
     if ctx.tracker is not None:
         summary["final_metrics"] = ctx.tracker.final()
         summary["diagnostics"] = ctx.tracker.series
+        summary["metric_facts"] = facts_of_records(ctx.tracker.series)  # so plots and tables need no plug-in code
     (ctx.out / "summary.json").write_text(json.dumps(summary, indent=1))
     from plasticity_lab.lab.plots import plot_run
 

@@ -5,8 +5,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from plasticity_lab.metrics.catalog import metrics
 
-def hessian_top_eigenvalue(model: nn.Module, loss_fn, x: torch.Tensor, y: torch.Tensor, iterations: int = 20,
+
+@metrics.register("curvature/hessian_top", when="task_end", every="hessian_every",
+                  inputs={"model": "model", "loss_fn": "loss_fn", "x": "x", "y": "y"}, title="largest Hessian eigenvalue",
+                  unit="curvature", definition="largest Hessian eigenvalue of the loss on the task's first 256 examples "
+                                               "(power iteration on Hessian-vector products, 10 iterations)")
+def hessian_top_eigenvalue(model: nn.Module, loss_fn, x: torch.Tensor, y: torch.Tensor, iterations: int = 10,
                            seed: int = 0) -> float:
     """lambda_max of d^2 L / d theta^2 at the current parameters (power
     iteration, v <- Hv / ||Hv||, Hv by double backward; returns v^T H v)."""

@@ -7,10 +7,14 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
+from plasticity_lab.metrics.catalog import metrics
 
-def grad_norm(grads: Iterable[torch.Tensor]) -> float:
-    """Global ||grad_theta L||_2 over every parameter gradient."""
-    return float(torch.sqrt(sum(g.detach().square().sum() for g in grads if g is not None)))
+
+@metrics.register("grad/norm", when="step", every="every_steps", inputs={"grads": "gradients"},
+                  title="gradient norm", unit="L2 norm", definition="global gradient norm of the step's update")
+def grad_norm(grads: Iterable[torch.Tensor]) -> torch.Tensor:
+    """Global ||grad_theta L||_2 over every parameter gradient (a 0-d tensor on their device)."""
+    return torch.sqrt(sum(g.detach().square().sum() for g in grads if g is not None))
 
 
 def per_sample_gradients(model: nn.Module, loss_fn, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -1,47 +1,42 @@
-"""The metric tracker: which metrics run, on what, and when.
+"""The metric tracker: runs the catalog's metrics (metrics/catalog.py) at
+their moments, so their cost is bounded by the schedule, not by the run's length.
 
-Cost is bounded by the schedule, not by the run's length:
+- ``task_start`` metrics: at each task switch, before training on it
+  (Dohare et al. 2024; every ``task_every``-th task where tasks are so short
+  that this would cost more than a few per cent of training), on a fixed
+  probe batch (the first ``probe_size`` training examples of the new task),
+  per hidden layer or per weight layer. A conv layer's channel is a unit: its
+  maps are read as an (inputs x positions, channels) matrix, so ranks are
+  ranks over channels;
+- ``step`` metrics: every ``every_steps`` steps, from the gradients the update
+  just used (kept on the device, read with the run's other records);
+- ``task_end`` metrics: at a task's end, every ``probe_every`` tasks for the
+  plasticity probes, every ``hessian_every`` tasks for the curvature (a
+  metric's ``every`` names its cadence parameter; 0 turns it off).
 
-- at each task start (Dohare et al.: at every task switch, before training on
-  it; every ``task_every``-th task where tasks are so short that this would
-  cost more than a few per cent of training), on a fixed probe batch (the first ``probe_size`` training examples of
-  the new task), per hidden layer: ``units/dead_frac``, ``units/dormant_frac``
-  (tau = ``dormant_tau``), ``sparsity/act``, ``sparsity/grad`` (activation-
-  derivative sparsity), ``rank/effective``, ``rank/srank``, ``rank/stable``,
-  ``features/norm``, and ``weights/mean_abs`` per weight layer. A conv
-  layer's channel is a unit: its maps are read as a (inputs x positions,
-  channels) matrix, so ranks are ranks over channels;
-- every ``every_steps`` steps, from the gradients the update just used:
-  ``grad/norm`` and ``sparsity/param_grad`` (kept on the device, read with the
-  run's other records);
-- every ``probe_every`` tasks, at the task's end: the plasticity probe
-  (``plasticity/probe_loss_drop``, ``plasticity/probe_acc``,
-  ``plasticity/probe_remaining``, ``plasticity/linear_probe_acc``);
-- every ``hessian_every`` tasks, at the task's end: ``curvature/hessian_top``.
-
-Sparsity thresholds: exact zeros (eps = 0) for activations that reach 0
-(ReLU family, hard_ash, crelu), eps = ``sparsity_eps`` (1e-3) for the rest.
-``layers`` restricts the per-layer metrics to those hidden layers (null: all).
-A tracker never changes the run: it works under ``no_grad`` or on copies.
+A metric function returning None records nothing (the probes on a regression
+stream). ``layers`` restricts the per-layer metrics to those hidden layers
+(null: all). A tracker never changes the run: it measures under ``no_grad``
+or on copies, with its own generators.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from functools import cached_property
+from typing import Any, Callable
 
 import torch
+from torch import nn
 
 from plasticity_lab.agents.activations import activation_facts
 from plasticity_lab.agents.agent import Agent, StepInfo
 from plasticity_lab.agents.hooks import RunHooks
-from plasticity_lab.metrics.curvature import hessian_top_eigenvalue
-from plasticity_lab.metrics.probes import fresh_copy, linear_probe, trainability
-from plasticity_lab.metrics.rank import effective_rank, singular_values, srank, stable_rank
-from plasticity_lab.metrics.sparsity import activation_sparsity, derivative_sparsity
-from plasticity_lab.metrics.units import dead_fraction, dormant_fraction
-from plasticity_lab.metrics.weights import feature_norm, mean_abs
+from plasticity_lab.metrics.catalog import MetricFacts, compute, scheduled
+from plasticity_lab.metrics.probes import PlasticityProbes, ProbeResult, fresh_copy, linear_probe, trainability
+from plasticity_lab.metrics.rank import singular_values
 
 PROBE_SEED = 12345
+HESSIAN_EXAMPLES = 256
 
 
 def channel_units(A: torch.Tensor) -> torch.Tensor:
@@ -50,7 +45,60 @@ def channel_units(A: torch.Tensor) -> torch.Tensor:
 
 
 @dataclass
+class LayerProbe:
+    """What a ``task_start`` per-layer metric reads (metrics/catalog.py INPUTS)."""
+
+    features: torch.Tensor
+    preactivations: torch.Tensor
+    activation: nn.Module
+    sparsity_eps: float
+    dormant_tau: float
+
+    @cached_property
+    def singular_values(self) -> torch.Tensor:
+        return singular_values(self.features)
+
+
+@dataclass
+class WeightProbe:
+    """What a ``task_start`` per-weight-layer metric reads."""
+
+    weight: torch.Tensor
+
+
+@dataclass
+class StepProbe:
+    """What a ``step`` metric reads: the step's gradients, from the parameters
+    (autograd) or built from the fused step's deltas."""
+
+    model: nn.Module
+    info: StepInfo
+
+    @cached_property
+    def gradients(self) -> list[torch.Tensor]:
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        return grads if grads or self.info.grads is None else self.info.grads()
+
+
+@dataclass
+class TaskEndProbe:
+    """What a ``task_end`` metric reads; the plasticity probes run once, when first read."""
+
+    model: nn.Module
+    loss_fn: Callable
+    x: torch.Tensor
+    y: torch.Tensor
+    measure_plasticity: Callable[[], PlasticityProbes | None]
+
+    @cached_property
+    def plasticity(self) -> PlasticityProbes | None:
+        return self.measure_plasticity()
+
+
+@dataclass
 class Tracker(RunHooks):
+    """Runs the catalog's metrics on their schedule (see the module docstring)."""
+
     probe_size: int = 1000
     at_task_start: bool = True
     task_every: int = 1
@@ -65,7 +113,7 @@ class Tracker(RunHooks):
     series: dict[str, list] = field(default_factory=dict, init=False)
     steps: int = field(default=0, init=False)
     _probe_task: Any = field(default=None, init=False, repr=False)
-    _fresh: tuple[float, float] | None = field(default=None, init=False, repr=False)
+    _fresh: ProbeResult | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         for key in ("probe_size", "probe_steps", "probe_examples", "task_every"):
@@ -75,7 +123,7 @@ class Tracker(RunHooks):
             if getattr(self, key) < 0:
                 raise ValueError(f"{key} must be >= 0 (0 turns it off)")
 
-    # -- hooks -----------------------------------------------------------
+    # -- moments -----------------------------------------------------------
     def reads_weights_between_steps(self) -> bool:
         """Its ``after_step`` reads the step's gradients only (the fused step builds them from its deltas)."""
         return False
@@ -91,27 +139,26 @@ class Tracker(RunHooks):
         self.steps += 1
         if not self.every_steps or self.steps % self.every_steps:
             return None
-        grads = [p.grad for p in agent.model.parameters() if p.grad is not None]
-        if not grads and info.grads is not None:  # the fused path builds them on demand
-            grads = info.grads()
-        if not grads:
+        probe = StepProbe(agent.model, info)
+        if not probe.gradients:
             return None
-        flat = torch.cat([g.detach().flatten() for g in grads])
-        return {"grad/norm": flat.norm(), "sparsity/param_grad": (flat == 0).float().mean()}
+        return self._run(scheduled("step"), probe)
 
     def on_task_end(self, agent: Agent, task: Any) -> dict | None:
-        record: dict[str, float] = {}
-        if self.probe_every and (task.id + 1) % self.probe_every == 0 and task.classes:  # a classification probe
-            record.update(self.plasticity(agent, task))
-        if self.hessian_every and (task.id + 1) % self.hessian_every == 0:
-            n = min(256, task.num_train)
-            record["curvature/hessian_top"] = hessian_top_eigenvalue(
-                agent.model, agent.loss_fn, task.x_train[:n], task.y_train[:n], iterations=10)
+        due = [(n, fn, f) for n, fn, f in scheduled("task_end")
+               if f.every and getattr(self, f.every) and (task.id + 1) % getattr(self, f.every) == 0]
+        if not due:
+            return None
+        n = min(HESSIAN_EXAMPLES, task.num_train)
+        probe = TaskEndProbe(agent.model, agent.loss_fn, task.x_train[:n], task.y_train[:n],
+                             lambda: self.plasticity(agent, task))
+        record = self._run(due, probe)
         return self._remember(task.id, record) if record else None
 
-    # -- measurements ----------------------------------------------------
+    # -- measurements ------------------------------------------------------
     @torch.no_grad()
     def representation(self, agent: Agent, x: torch.Tensor) -> dict[str, float]:
+        """Every ``task_start`` metric of the catalog on probe inputs ``x``."""
         model = agent.model
         was_training = model.training
         model.eval()
@@ -119,51 +166,39 @@ class Tracker(RunHooks):
         pre = model.forward_preactivations(x)
         model.train(was_training)
         eps = 0.0 if activation_facts(model.activation).exact_zeros else self.sparsity_eps
+        metrics = scheduled("task_start")
         out: dict[str, float] = {}
         for name, A, Z, act in zip(model.hidden_names, feats, pre, model.acts):
-            if self.layers and name not in self.layers:
-                continue
-            A, Z = channel_units(A), channel_units(Z)
-            out[f"units/dead_frac/{name}"] = dead_fraction(A)
-            out[f"units/dormant_frac/{name}"] = dormant_fraction(A, self.dormant_tau)
-            out[f"sparsity/act/{name}"] = activation_sparsity(A, eps)
-            with torch.enable_grad():
-                out[f"sparsity/grad/{name}"] = derivative_sparsity(Z, act, eps)
-            s = singular_values(A)
-            out[f"rank/effective/{name}"] = effective_rank(s=s)
-            out[f"rank/srank/{name}"] = srank(s=s)
-            out[f"rank/stable/{name}"] = stable_rank(s=s)
-            out[f"features/norm/{name}"] = feature_norm(A)
+            if not self.layers or name in self.layers:
+                probe = LayerProbe(channel_units(A), channel_units(Z), act, eps, self.dormant_tau)
+                out.update(self._run([m for m in metrics if m[2].per == "layer"], probe, name))
         for name, layer in zip(model.layer_names, model.layers):
-            out[f"weights/mean_abs/{name}"] = mean_abs(layer.weight)
+            out.update(self._run([m for m in metrics if m[2].per == "weight_layer"], WeightProbe(layer.weight), name))
         return out
 
-    def plasticity(self, agent: Agent, task: Any) -> dict[str, float]:
-        """Probe on copies, with the RNG forked so the run's random stream is untouched."""
-        device = task.x_train.device
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            return self._plasticity(agent, task)
-
-    def _plasticity(self, agent: Agent, task: Any) -> dict[str, float]:
-        x, y = self._probe_task
-        x = x.to(task.x_train.device)
-        y = y.to(task.x_train.device)
+    def plasticity(self, agent: Agent, task: Any) -> PlasticityProbes | None:
+        """The probes on copies, from their own generators (None on a regression stream)."""
+        if not task.classes:
+            return None
+        x, y = (t.to(task.x_train.device) for t in self._probe_task)
         now = trainability(agent.model, agent.optimizer, x, y, self.probe_steps, seed=PROBE_SEED)
         if self._fresh is None:
-            fresh = trainability(fresh_copy(agent.model), agent.optimizer, x, y, self.probe_steps, seed=PROBE_SEED)
-            self._fresh = (fresh.loss_drop, fresh.accuracy)
+            fresh = fresh_copy(agent.model, seed=PROBE_SEED)
+            self._fresh = trainability(fresh, agent.optimizer, x, y, self.probe_steps, seed=PROBE_SEED)
         n = min(self.probe_examples, task.num_train)
         lin = linear_probe(agent.model, agent.optimizer, task.x_train[:n], task.y_train[:n], self.probe_steps,
                            seed=PROBE_SEED)
-        return {
-            "plasticity/probe_loss_drop": now.loss_drop,
-            "plasticity/probe_acc": now.accuracy,
-            "plasticity/probe_loss": now.loss_after,
-            "plasticity/probe_remaining": now.accuracy / self._fresh[1] if self._fresh[1] else float("nan"),
-            "plasticity/fresh_probe_acc": self._fresh[1],
-            "plasticity/fresh_loss_drop": self._fresh[0],
-            "plasticity/linear_probe_acc": lin.accuracy,
-        }
+        return PlasticityProbes(now, self._fresh, lin)
+
+    @staticmethod
+    def _run(metrics: list[tuple[str, Callable, MetricFacts]], probe: Any, layer: str | None = None) -> dict[str, Any]:
+        """Each metric on ``probe``, named ``name`` or ``name/<layer>``; None values dropped."""
+        out = {}
+        for name, fn, facts in metrics:
+            value = compute(fn, facts, probe)
+            if value is not None:
+                out[name if layer is None else f"{name}/{layer}"] = value
+        return out
 
     def _make_probe_task(self, task: Any) -> None:
         """Fixed probe inputs (from the first task) with fresh random labels, the same all run."""
@@ -182,9 +217,10 @@ class Tracker(RunHooks):
         return {key: values[-1][1] for key, values in self.series.items()}
 
     def state_dict(self) -> dict:
-        return {"series": self.series, "steps": self.steps, "probe_task": self._probe_task,
-                "fresh": self._fresh}
+        fresh = None if self._fresh is None else [self._fresh.loss_before, self._fresh.loss_after, self._fresh.accuracy]
+        return {"series": self.series, "steps": self.steps, "probe_task": self._probe_task, "fresh": fresh}
 
     def load_state_dict(self, state: dict) -> None:
         self.series, self.steps = state["series"], state["steps"]
-        self._probe_task, self._fresh = state["probe_task"], state["fresh"]
+        self._probe_task = state["probe_task"]
+        self._fresh = None if state["fresh"] is None else ProbeResult(*state["fresh"])

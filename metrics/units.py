@@ -7,12 +7,18 @@ from __future__ import annotations
 
 import torch
 
+from plasticity_lab.metrics.catalog import metrics
+
 
 def _per_unit_abs_mean(A: torch.Tensor) -> torch.Tensor:
     """mean over inputs (and positions) of |A| for each unit."""
     return A.abs().transpose(0, 1).flatten(1).mean(1)
 
 
+@metrics.register("units/dead_frac", when="task_start", per="layer", every="task_every", inputs={"A": "features"},
+                  title="dead units", unit="fraction of units", plot=True, panel="Representation",
+                  column="dead units (final)",
+                  definition="fraction of units exactly 0 on every probe input (Dohare et al. 2024)")
 def dead_fraction(A: torch.Tensor) -> float:
     """Fraction of units whose output is exactly 0 on every probe input:
     unit j dead iff sum_n |A_nj| == 0 (Dohare et al. 2024, measured on 2,000
@@ -27,6 +33,9 @@ def dormant_scores(A: torch.Tensor) -> torch.Tensor:
     return m / (m.mean() + 1e-9)
 
 
+@metrics.register("units/dormant_frac", when="task_start", per="layer", every="task_every",
+                  inputs={"A": "features", "tau": "dormant_tau"}, title="dormant units", unit="fraction of units",
+                  definition="ReDo's tau-dormant fraction, s_j <= tau (Sokar et al. 2023; tau = `metrics.dormant_tau`, 0.1)")
 def dormant_fraction(A: torch.Tensor, tau: float = 0.1) -> float:
     """Fraction of tau-dormant units: s_j <= tau (ReDo; tau=0 counts dead units)."""
     return float((dormant_scores(A) <= tau).float().mean())

@@ -78,7 +78,7 @@ def test_list_json_shows_registries_with_parameters(capsys):
     assert "sgd" in table["optimizers"] and "adam" in table["optimizers"] and "upgd" in table["optimizers"]
     assert table["interventions"]["cbp"]["util_type"] == "adaptable_contribution"
     assert table["avalanche_strategies"]["ewc"]["ewc_lambda"] == 100.0
-    assert table["metrics"]["tracker"]["probe_size"] == 1000
+    assert table["tracker"]["metrics"]["probe_size"] == 1000 and table["metrics"]["units/dead_frac/<layer>"]["unit"] == "fraction of units"
     assert main(["list"]) == 0
     assert "leaky_relu  (negative_slope=0.01)" in capsys.readouterr().out
 
@@ -120,6 +120,11 @@ def test_dashboard_dry_run_prints_a_valid_workspace_spec(capsys):
     for what in ("online accuracy", "dead units", "effective rank", "weight magnitude", "forgetting", "plasticity"):
         assert what in titles, what
     assert "activation.name" in spec["group_by"]
+    panels = {p["title"]: p for s in spec["sections"] for p in s["panels"]}
+    import re
+    dead = panels["dead units"]  # per-layer metrics match every layer by name, conv layers too (not h1-h3 only)
+    assert all(re.match(dead["metric_regex"], k) for k in ("units/dead_frac/h1", "units/dead_frac/conv1", "units/dead_frac/fc2"))
+    assert panels["forgetting (Chaudhry)"]["y"] == ["eval/forgetting"]
     from plasticity_lab.lab.dashboard import build_workspace
 
     ws = build_workspace("plasticity", "someone", spec)

@@ -1,17 +1,24 @@
-"""Metric functions against values computed by hand on tiny tensors; the tracker and probes leave the run alone."""
+"""Metric functions against values computed by hand on tiny tensors; the tracker and probes leave the run alone;
+the metric catalog reaches every place a metric is shown."""
 import copy
 import json
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import readme_snippet
 from plasticity_lab.agents import MLP, Agent
+from plasticity_lab.lab.cli import main
 from plasticity_lab.agents.optimizers import make_optimizer
 from plasticity_lab.metrics.curvature import hessian_top_eigenvalue
 from plasticity_lab.metrics.gradients import grad_norm, gradient_interference, per_sample_gradients
-from plasticity_lab.metrics.probes import linear_probe, trainability
+from plasticity_lab.metrics.probes import fresh_copy, linear_probe, trainability
 from plasticity_lab.metrics.rank import approximate_rank, effective_rank, numerical_rank, singular_values, srank, stable_rank
 from plasticity_lab.metrics.sparsity import activation_sparsity, derivative_sparsity, parameter_gradient_sparsity
 from plasticity_lab.metrics.units import dead_fraction, dormant_fraction, dormant_scores, inactive_fraction
@@ -82,10 +89,13 @@ def test_hessian_top_eigenvalue_of_a_quadratic():
     assert hessian_top_eigenvalue(model, loss, x, None, iterations=50) == pytest.approx(5.0, rel=1e-4)
 
 
-def test_probes_train_copies_and_never_touch_the_run():
+@pytest.mark.parametrize("opt", ["adam", "upgd"])
+def test_probes_train_copies_and_never_touch_the_run(opt):
+    """Weights, optimizer state and the global random stream are as before the
+    probes (UPGD draws noise in its step: from the probe's own generator)."""
     torch.manual_seed(0)
     net = MLP(10, [32], 3)
-    agent = Agent(net, make_optimizer(net.parameters(), "adam", 1e-2))
+    agent = Agent(net, make_optimizer(net.parameters(), opt, 1e-2))
     x, y = torch.randn(64, 10), torch.randint(0, 3, (64,))
     agent.observe(x, y)
     weights = copy.deepcopy(net.state_dict())
@@ -93,13 +103,21 @@ def test_probes_train_copies_and_never_touch_the_run():
     rng = torch.get_rng_state()
     r = trainability(net, agent.optimizer, x, y, steps=200)
     lin = linear_probe(net, agent.optimizer, x, y, steps=200)
-    assert r.loss_after < r.loss_before and r.accuracy > 0.6 and r.loss_drop > 0
-    assert 0.3 < lin.accuracy <= 1.0
+    fresh = fresh_copy(net)
+    assert torch.equal(torch.get_rng_state(), rng)  # the run's random stream is where it was
+    if opt == "adam":
+        assert r.loss_after < r.loss_before and r.accuracy > 0.6 and r.loss_drop > 0
+        assert 0.3 < lin.accuracy <= 1.0
+    assert not torch.equal(fresh.layers[0].weight, net.layers[0].weight)
     for k, v in net.state_dict().items():
         assert torch.equal(v, weights[k]), k
-    assert json.dumps(str(agent.optimizer.state_dict())) == json.dumps(str(opt_state))
+    state = agent.optimizer.state_dict()
+    assert state["param_groups"] == opt_state["param_groups"]
+    for i, entry in opt_state["state"].items():
+        assert entry.keys() == state["state"][i].keys()
+        for key, value in entry.items():
+            assert torch.equal(torch.as_tensor(value), torch.as_tensor(state["state"][i][key])), (i, key)
     assert all(p.requires_grad for p in net.parameters())
-    del rng
 
 
 def test_default_run_logs_every_documented_name(tiny_run, tmp_path):
@@ -140,3 +158,86 @@ def test_the_sparsity_threshold_comes_from_the_activation_registration(name, par
     agent = Agent(net, make_optimizer(net.parameters(), "sgd", 0.1))
     record = Tracker().representation(agent, torch.randn(500, 10))
     assert 0.4 < record["sparsity/act/h1"] < 0.6
+
+
+METRIC_PLUGIN = readme_snippet("### Add a metric")
+
+
+def test_readme_metric_reaches_jsonl_wandb_dashboard_plot_and_compare(tmp_path, monkeypatch, capsys):
+    """The README's per-layer metric, one file: recorded per layer in
+    metrics.jsonl and W&B, a dashboard panel, a diagnostics panel and a
+    compare column (the last three from the run's summary, no plug-in code)."""
+    from plasticity_lab.lab.compare import group_runs, load_runs, table
+    from plasticity_lab.lab.plots import diagnostics_figure
+    from wandb_records import history
+
+    (tmp_path / "my_metrics.py").write_text(METRIC_PLUGIN)
+    env = {**os.environ, "HOME": str(tmp_path), "NETRC": str(tmp_path / "no-netrc"), "WANDB_MODE": "offline"}
+    env.pop("WANDB_API_KEY", None)
+    args = ["plugins=[my_metrics]", "progress=off", "agent.hidden=[16,8]", "stream.num_tasks=3",
+            "stream.examples_per_task=128", "metrics.task_every=1", "out_dir=run"]
+    p = subprocess.run([sys.executable, "-m", "plasticity_lab.lab", "run", *args], cwd=tmp_path, env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    run = tmp_path / "run"
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    measured = [r for r in records if "features/max/h1" in r]
+    assert [r["task"] for r in measured] == [0, 1, 2] and all(r["features/max/h2"] > 0 for r in measured)
+    logged = [row for row in history(run / "wandb") if "features/max/h1" in row]
+    assert [row["features/max/h1"] for row in logged] == pytest.approx([r["features/max/h1"] for r in measured])
+
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    assert main(["dashboard", "--project", "p", "--dry-run", str(run)]) == 0
+    spec = json.loads(capsys.readouterr().out)
+    panel = [p for s in spec["sections"] if s["name"] == "Representation" for p in s["panels"]
+             if p["title"] == "largest activation"]
+    assert panel and panel[0]["metric_regex"] == "^features/max/"
+
+    groups = group_runs(load_runs([run]))
+    head, rows = table(groups)
+    column = head.index("largest activation (final)")
+    assert float(rows[0][column].split()[0]) == pytest.approx(measured[-1]["features/max/h1"] / 2
+                                                              + measured[-1]["features/max/h2"] / 2, abs=1e-3)
+    fig = diagnostics_figure(groups)
+    titles = [ax.get_title() for ax in fig.axes]
+    assert "largest activation (mean over layers)" in titles
+    ax = fig.axes[titles.index("largest activation (mean over layers)")]
+    assert ax.get_ylabel() == "activation" and len(ax.get_lines()[0].get_xdata()) == 3
+    assert main(["plot", str(run)]) == 0 and (run / "plots" / "diagnostics.png").is_file()
+
+
+def test_the_readme_metric_table_is_the_catalog():
+    from plasticity_lab.metrics.catalog import markdown_table
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    assert markdown_table() in readme
+
+
+def test_every_tracker_input_is_provided():
+    """What the catalog promises a metric (INPUTS) is what the tracker's probes hold."""
+    from dataclasses import fields
+
+    from plasticity_lab.metrics.catalog import CADENCES, INPUTS
+    from plasticity_lab.metrics.tracker import LayerProbe, StepProbe, TaskEndProbe, Tracker, WeightProbe
+
+    probes = {("task_start", "layer"): LayerProbe, ("task_start", "weight_layer"): WeightProbe,
+              ("step", "global"): StepProbe, ("task_end", "global"): TaskEndProbe}
+    assert probes.keys() == INPUTS.keys()
+    for key, cls in probes.items():
+        for name in INPUTS[key]:  # a dataclass field, or a property computed once when first read
+            assert name in {f.name for f in fields(cls)} or hasattr(cls, name), (cls, name)
+    assert set(CADENCES) <= {f.name for f in fields(Tracker)}
+
+
+def test_a_metric_declares_inputs_the_tracker_has():
+    from plasticity_lab.metrics import metrics
+
+    with pytest.raises(TypeError, match="input 'logits' is not one of"):
+        metrics.register("bad/input_for_test", when="task_start", per="layer", inputs={"A": "logits"},
+                         title="t", unit="u")(lambda A: 0.0)
+    with pytest.raises(TypeError, match="when='sometimes'"):
+        metrics.register("bad/when_for_test", when="sometimes", title="t", unit="u")(lambda A: 0.0)
+    with pytest.raises(TypeError, match="parameters \\['A'\\] have no input"):
+        metrics.register("bad/param_for_test", when="task_start", per="layer", title="t", unit="u")(lambda A: 0.0)
+    assert not [n for n in metrics.names() if n.startswith("bad/")]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import struct
+import time
 from pathlib import Path
 
 from wandb.proto import wandb_internal_pb2
@@ -39,9 +40,27 @@ def records(path: Path) -> list[wandb_internal_pb2.Record]:
     return out
 
 
+def wait_for_exit(run_dir: Path, timeout: float = 120.0) -> Path:
+    """The offline run file under ``run_dir``, once W&B has written its exit
+    record (its writer finishes the file after ``run.finish()`` returns).
+    ``timeout`` only bounds a failure; nothing here bets on how long W&B takes."""
+    deadline = time.monotonic() + timeout
+    while True:
+        paths = sorted(run_dir.glob("**/run-*.wandb"))
+        if len(paths) == 1 and paths[0].stat().st_size > HEADER:
+            try:
+                if any(r.WhichOneof("record_type") == "exit" for r in records(paths[0])):
+                    return paths[0]
+            except Exception:  # a record half-written at this instant: read again
+                pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no complete W&B run file under {run_dir} after {timeout} s: {paths}")
+        time.sleep(0.1)
+
+
 def history(run_dir: Path) -> list[dict]:
-    """Every logged row of the offline run under ``run_dir`` (a ``wandb/`` folder)."""
-    (path,) = sorted(run_dir.glob("**/run-*.wandb"))
+    """Every logged row of the offline run under ``run_dir`` (a ``wandb/`` folder), once complete."""
+    path = wait_for_exit(run_dir)
     rows = []
     for rec in records(path):
         if rec.WhichOneof("record_type") == "history":
@@ -54,7 +73,8 @@ def history(run_dir: Path) -> list[dict]:
 
 
 def config(run_dir: Path) -> dict:
-    (path,) = sorted(run_dir.glob("**/run-*.wandb"))
+    """The run config of the offline run under ``run_dir``, once complete."""
+    path = wait_for_exit(run_dir)
     out = {}
     for rec in records(path):
         if rec.WhichOneof("record_type") in ("run", "config"):
