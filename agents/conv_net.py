@@ -1,5 +1,5 @@
 """The convolutional network of Dohare et al.'s continual-ImageNet experiment
-(Nature 2024; REFERENCE.md §B, lop/nets/conv_net.py):
+(Nature 2024, Methods "Continual ImageNet"; code: shibhansh/loss-of-plasticity, lop/nets/conv_net.py):
 
     conv 3->32 k5, act, maxpool 2 -> conv 32->64 k3, act, maxpool 2 ->
     conv 64->128 k3, act, maxpool 2 -> flatten (128 x 2 x 2 at 32x32 input) ->

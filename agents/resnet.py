@@ -1,9 +1,9 @@
 """ResNet-18 for 32x32 images (He et al. 2016), as Dohare et al. use it for
-class-incremental CIFAR-100 (REFERENCE.md §B): torchvision's ResNet-18 with
+class-incremental CIFAR-100 (Nature 2024; code: shibhansh/loss-of-plasticity,
+lop/nets/torchvision_modified_resnet.py): torchvision's ResNet-18 with
 BatchNorm, its first convolution 3x3 / stride 1 and no max-pool (the usual
 CIFAR variant of the 224-pixel stem), Kaiming-normal convolutions
-(torchvision's own init). torchvision provides it; without torchvision the
-builder says so instead of failing later.
+(torchvision's own init).
 
 Hidden layers seen by the metrics: the outputs of the four residual stages
 and the pooled 512-d features (the "last-layer features" whose rank Dohare et
@@ -17,6 +17,7 @@ ResGnT handles it separately), so ``unit_layers`` refuses.
 from __future__ import annotations
 
 import math
+
 import torch
 from torch import nn
 
@@ -30,10 +31,8 @@ class ResNet18(nn.Module):
 
     def __init__(self, spec: NetworkSpec):
         super().__init__()
-        try:
-            from torchvision.models import resnet18
-        except ImportError as err:
-            raise ConfigError("agent.network", "resnet18", f"torchvision installed (pip install torchvision): {err}") from None
+        from torchvision.models import resnet18  # here, not at the top: importing torchvision takes ~2 s
+
         input_shape = tuple(spec.input_shape)
         if len(input_shape) != 3:
             raise ConfigError("agent.network", "resnet18", f"an image stream (C, H, W input); this stream's input is {input_shape}")

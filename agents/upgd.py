@@ -1,5 +1,6 @@
 """UPGD, utility-based perturbed gradient descent (Elsayed & Mahmood, ICLR 2024,
-arXiv:2404.00781; REFERENCE.md §7), in ``torch.optim``'s interface.
+arXiv:2404.00781; code: mohmdelsayed/upgd, core/optim/weight_upgd/first_order.py),
+in ``torch.optim``'s interface.
 
 First-order global, protecting variant (their ``FirstOrderGlobalUPGD``):
 
@@ -9,7 +10,8 @@ First-order global, protecting variant (their ``FirstOrderGlobalUPGD``):
 
 Step size -lr as their experiment code (their README snippet uses -2 lr).
 When every utility is <= 0 the global max is replaced by a tiny positive
-number so the sigmoid is not flipped (REFERENCE.md's pitfall).
+number so the sigmoid is not flipped (a division by a non-positive maximum would
+invert the gate).
 """
 from __future__ import annotations
 

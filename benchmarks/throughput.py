@@ -24,14 +24,14 @@ import torch.nn.functional as F
 from plasticity_lab.agents import MLP
 from plasticity_lab.lab.config import compose_config
 from plasticity_lab.lab.loop import run
-from plasticity_lab.streams import streams, task_rng
+from plasticity_lab.streams import stream_builders, task_rng
 
 HIDDEN = [100, 100]
 
 
 def bare_loop(batch_size: int, tasks: int, seed: int = 0) -> float:
     torch.manual_seed(seed)
-    stream = streams.get("permuted_mnist")(num_tasks=tasks).build(seed)
+    stream = stream_builders.get("permuted_mnist")(num_tasks=tasks).build(seed)
     model = MLP(784, HIDDEN, 10, activation="relu")
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     examples, seconds = 0, 0.0

@@ -19,7 +19,7 @@ import torch
 from plasticity_lab.agents import MLP
 from plasticity_lab.lab.config import compose_config
 from plasticity_lab.lab.loop import run
-from plasticity_lab.streams import streams
+from plasticity_lab.streams import stream_builders
 
 
 def lab_rate(seed: int) -> float:
@@ -36,7 +36,7 @@ def avalanche_rate(seed: int) -> float:
     from plasticity_lab.lab.avalanche_bridge.benchmark import to_avalanche
 
     torch.manual_seed(seed)
-    bm = to_avalanche(streams.get("split_mnist")().build(seed))
+    bm = to_avalanche(stream_builders.get("split_mnist")().build(seed))
     model = MLP(784, [400, 400], 10)
     strategy = Naive(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.01), train_mb_size=16,
                      train_epochs=1, evaluator=EvaluationPlugin(loggers=[]))

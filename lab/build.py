@@ -20,7 +20,7 @@ from plasticity_lab.agents.networks import NetworkSpec
 from plasticity_lab.agents.optimizers import make_optimizer
 from plasticity_lab.metrics.tracker import Tracker
 from plasticity_lab.registry import ConfigError
-from plasticity_lab.streams import Stream, streams
+from plasticity_lab.streams import Stream, stream_builders
 
 
 def as_dict(node: Any) -> dict[str, Any]:
@@ -48,8 +48,8 @@ def resolve_device(name: str) -> torch.device:
 def build_stream(cfg: DictConfig) -> Stream:
     params = as_dict(cfg.stream)
     name = params.pop("name")
-    cls = streams.get(name)
-    streams.check_params(name, params)
+    cls = stream_builders.get(name)
+    stream_builders.check_params(name, params)
     return cls(**params).build(cfg.seed, cfg.data.root)
 
 

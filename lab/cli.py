@@ -190,14 +190,14 @@ def _list(as_json: bool, markdown: bool) -> int:
     from plasticity_lab.metrics.catalog import markdown_table, metrics, record_name, when_text
     from plasticity_lab.metrics.tracker import Tracker
     from plasticity_lab.registry import params_of
-    from plasticity_lab.streams import streams
+    from plasticity_lab.streams import stream_builders
 
     if markdown:
         print(markdown_table())
         return 0
     table = {
         "experiments": {p.stem: {} for p in sorted(Path(config_dir(), "experiment").glob("*.yaml"))},
-        "streams": {n: streams.params(n) for n in streams.names()},
+        "streams": {n: stream_builders.params(n) for n in stream_builders.names()},
         "networks": {n: {} for n in networks.names()},
         "activations": {n: activations.params(n) for n in activations.names()},
         "interventions": {n: interventions.params(n) for n in interventions.names()},

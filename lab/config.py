@@ -24,7 +24,7 @@ from plasticity_lab.agents.activations import activations
 from plasticity_lab.agents.interventions import interventions
 from plasticity_lab.metrics.tracker import Tracker
 from plasticity_lab.registry import ConfigError, load_plugins, params_of
-from plasticity_lab.streams import streams
+from plasticity_lab.streams import stream_builders
 
 
 @dataclass
@@ -138,8 +138,8 @@ def register_config_nodes() -> None:
     cs = ConfigStore.instance()
     cs.store(name="schema", node=Config)
     cs.store(group="metrics", name="default", node={"enabled": True, **params_of(Tracker)})
-    for name in streams.names():
-        cs.store(group="stream", name=name, node={"name": name, **streams.params(name)})
+    for name in stream_builders.names():
+        cs.store(group="stream", name=name, node={"name": name, **stream_builders.params(name)})
     for name in activations.names():
         cs.store(group="activation", name=name, node={"name": name, **activations.params(name)})
     from plasticity_lab.lab.avalanche_bridge.strategies import STRATEGIES

@@ -1,5 +1,6 @@
 """Slowly-changing regression, a.k.a. bit-flipping (Dohare et al. 2024,
-Nature; REFERENCE.md §B, lop/slowly_changing_regression/).
+Nature, Methods "Slowly-changing regression"; code: shibhansh/loss-of-plasticity,
+lop/slowly_changing_regression/).
 
 Inputs are m = 20 bits in {0, 1}: the first f = 15 change slowly, the other
 5 are fresh uniform random bits for every example. The slow bits are held for
@@ -27,7 +28,7 @@ import numpy as np
 import torch
 
 from plasticity_lab.registry import ConfigError
-from plasticity_lab.streams.stream import EvalSet, Stream, check_positive, streams, task_rng
+from plasticity_lab.streams.stream import EvalSet, Stream, StreamBuilder, check_positive, stream_builders, task_rng
 from plasticity_lab.streams.task import Task
 
 VARIANTS = ("flip_one", "new_pattern")
@@ -55,9 +56,9 @@ class LTUTarget:
         return (ltu @ self.v + self.c).float()
 
 
-@streams.register("bit_flipping")
+@stream_builders.register("bit_flipping")
 @dataclass
-class BitFlipping:
+class BitFlipping(StreamBuilder):
     """Online regression on slowly changing bits against a fixed LTU network.
 
     num_tasks: periods of ``flip_every`` examples (100 x 10,000 = the paper's

@@ -1,5 +1,5 @@
-"""Class-incremental CIFAR-100 (Dohare et al. 2024, Nature; REFERENCE.md §B,
-lop/incremental_cifar/).
+"""Class-incremental CIFAR-100 (Dohare et al. 2024, Nature, Methods "Class-incremental
+CIFAR-100"; code: shibhansh/loss-of-plasticity, lop/incremental_cifar/).
 
 Data: the standard CIFAR-100 "python version" (``cifar-100-python.tar.gz``
 from https://www.cs.toronto.edu/~kriz/cifar.html, extracted): pickled dicts
@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from plasticity_lab.registry import ConfigError, DataError
-from plasticity_lab.streams.stream import EvalSet, Stream, streams, task_rng
+from plasticity_lab.streams.stream import EvalSet, Stream, StreamBuilder, stream_builders, task_rng
 from plasticity_lab.streams.task import Task
 
 MEAN = (0.5071, 0.4865, 0.4409)
@@ -86,9 +86,9 @@ def random_crop_flip(x: torch.Tensor, padding: int = 4) -> torch.Tensor:
     return padded[batch, :, rows, cols].permute(0, 3, 1, 2)
 
 
-@streams.register("cifar100_incremental")
+@stream_builders.register("cifar100_incremental")
 @dataclass
-class IncrementalCIFAR100:
+class IncrementalCIFAR100(StreamBuilder):
     """Class-incremental CIFAR-100: ``classes_per_task`` new classes per task.
 
     num_tasks: increments (null: 100 / classes_per_task, i.e. 20);

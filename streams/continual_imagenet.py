@@ -1,5 +1,5 @@
-"""Continual ImageNet (Dohare et al. 2024, Nature; REFERENCE.md §B,
-lop/imagenet/single_expr.py): a long sequence of binary tasks.
+"""Continual ImageNet (Dohare et al. 2024, Nature, Methods "Continual ImageNet";
+code: shibhansh/loss-of-plasticity, lop/imagenet/single_expr.py): a long sequence of binary tasks.
 
 The classes are put in an order drawn from the run's seed (the paper keeps one
 order per run), repeated when the tasks outnumber the pairs; task k is the
@@ -20,13 +20,13 @@ import torch
 
 from plasticity_lab.registry import DataError
 from plasticity_lab.streams.imagenet32 import class_images, load_meta
-from plasticity_lab.streams.stream import EvalSet, Stream, check_positive, streams, task_rng
+from plasticity_lab.streams.stream import EvalSet, Stream, StreamBuilder, check_positive, stream_builders, task_rng
 from plasticity_lab.streams.task import Task
 
 
-@streams.register("continual_imagenet")
+@stream_builders.register("continual_imagenet")
 @dataclass
-class ContinualImageNet:
+class ContinualImageNet(StreamBuilder):
     """Binary tasks over pairs of ImageNet classes at 32x32.
 
     num_tasks: tasks (the paper: 5,000); train_per_class / test_per_class:

@@ -1,4 +1,5 @@
-"""Online permuted MNIST (Dohare et al. 2024, Nature; REFERENCE.md §B, §11).
+"""Online permuted MNIST (Dohare et al. 2024, Nature, Methods "Online Permuted
+MNIST"; code: shibhansh/loss-of-plasticity, lop/permuted_mnist/online_expr.py).
 
 Task ``k`` applies one uniformly random pixel permutation, drawn from
 ``(seed, k)``, to every train and test image; the labels are unchanged. With
@@ -12,13 +13,13 @@ import numpy as np
 import torch
 
 from plasticity_lab.streams.sources import load_images
-from plasticity_lab.streams.stream import EvalSet, Stream, check_positive, streams, task_rng
+from plasticity_lab.streams.stream import EvalSet, Stream, StreamBuilder, check_positive, stream_builders, task_rng
 from plasticity_lab.streams.task import Task
 
 
-@streams.register("permuted_mnist")
+@stream_builders.register("permuted_mnist")
 @dataclass
-class PermutedMNIST:
+class PermutedMNIST(StreamBuilder):
     """Each task: a new pixel permutation of the same images, 10 classes.
 
     num_tasks: tasks in the stream; examples_per_task: training examples per

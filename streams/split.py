@@ -14,16 +14,16 @@ import torch
 
 from plasticity_lab.registry import ConfigError
 from plasticity_lab.streams.sources import load_images
-from plasticity_lab.streams.stream import Stream, check_positive, streams
+from plasticity_lab.streams.stream import Stream, StreamBuilder, check_positive, stream_builders
 from plasticity_lab.streams.task import Task
 
 SCENARIOS = ("task", "domain", "class")
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 
 
-@streams.register("split_mnist")
+@stream_builders.register("split_mnist")
 @dataclass
-class SplitMNIST:
+class SplitMNIST(StreamBuilder):
     """Digit pairs as tasks. num_tasks: first how many pairs (≤ 5);
     scenario: task | domain | class incremental; normalize: standardise
     pixels with MNIST's mean 0.1307 and std 0.3081 (as Keskinen's Hard ASH code).

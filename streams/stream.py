@@ -16,7 +16,6 @@ import numpy as np
 from plasticity_lab.registry import ConfigError, Registry
 from plasticity_lab.streams.task import Task
 
-streams = Registry("stream")
 
 
 class EvalSet(NamedTuple):
@@ -94,3 +93,17 @@ def task_rng(seed: int, task_id: int, purpose: str = "") -> np.random.Generator:
     """
     words = [seed, task_id] + [ord(c) for c in purpose]
     return np.random.default_rng(np.random.SeedSequence(words))
+
+
+class StreamBuilder:
+    """The contract of a stream plug-in: a dataclass whose fields are the
+    stream's parameters (``stream.*``) and whose ``build`` makes the run's
+    :class:`Stream` from its seed and ``data.root`` (check parameters in
+    ``__post_init__``, missing data in ``build``: both before any training)."""
+
+    def build(self, seed: int, data_root: str | None = None) -> Stream:
+        raise NotImplementedError
+
+
+stream_builders = Registry("stream", base=StreamBuilder)
+"""Stream builders by name (``stream=<name>``)."""

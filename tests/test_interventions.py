@@ -64,7 +64,7 @@ def test_reset_units_entry_by_entry(opt, kw, keys):
 
 
 class CBPByHand:
-    """Continual backprop written out with numpy from REFERENCE.md §A
+    """Continual backprop written out with numpy from Dohare et al. (2024), Methods
     (adaptable contribution, accumulated replacement), for one hidden layer."""
 
     def __init__(self, H, rr, eta, mt):

@@ -13,6 +13,14 @@ ARGS = ["wandb.enabled=false", "progress=off", "agent.hidden=[64]", "stream.num_
 VOLATILE = {"wall_time_s", "examples_per_s", "plots", "out_dir", "wandb_sync"}
 
 
+def _lines(path):
+    """The complete lines written so far (a line being written has no newline yet)."""
+    if not path.exists():
+        return []
+    text = path.read_text()
+    return text.splitlines()[: text.count("\n")]
+
+
 def lab(*args, cwd):
     return subprocess.run([sys.executable, "-m", "plasticity_lab.lab", *args], cwd=cwd, capture_output=True, text=True, timeout=600)
 
@@ -22,19 +30,20 @@ def test_sigkill_mid_task_then_resume_matches_uninterrupted(tmp_path):
     assert full.returncode == 0, full.stderr
     victim = subprocess.Popen([sys.executable, "-m", "plasticity_lab.lab", "run", *ARGS, "out_dir=killed"], cwd=tmp_path,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = tmp_path / "killed" / "metrics.jsonl"
     ckpt = tmp_path / "killed" / "checkpoints" / "last.pt"
-    deadline = time.time() + 300
-    while time.time() < deadline:
-        if ckpt.exists() and torch.load(ckpt, weights_only=False)["next_task"] >= 2:
-            break
-        time.sleep(0.05)
-    time.sleep(0.4)  # into task 2 (a task takes ~1 s here)
+    # the event: a training record of task 2 (written every 100 of its 3,000 steps), so the
+    # process is inside task 2, past the checkpoint of task 1
+    while victim.poll() is None and not any(json.loads(line).get("task") == 2 and "train/loss" in line
+                                            for line in _lines(log)):
+        time.sleep(0.02)
+    assert victim.poll() is None, "the run ended before the kill"
     os.kill(victim.pid, signal.SIGKILL)
     victim.wait()
     state = torch.load(ckpt, weights_only=False)
     assert 2 <= state["next_task"] < 5
     # the killed process had logged past its checkpoint: those records must not survive the resume
-    records = [json.loads(l) for l in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in _lines(log)]
     assert max(r["step"] for r in records) > state["step"]
     assert not (tmp_path / "killed" / "summary.json").exists()
 

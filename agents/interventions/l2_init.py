@@ -1,5 +1,6 @@
 """L2-init, regenerative regularisation (Kumar, Marklund & Van Roy 2023,
-arXiv:2308.11958; REFERENCE.md §5): L + weight * ||theta - theta_0||^2 over
+"Maintaining Plasticity in Continual Learning via
+Regenerative Regularization", arXiv:2308.11958, section 4): L + weight * ||theta - theta_0||^2 over
 every trainable parameter, theta_0 the parameters at the start of the run
 (fixed for the whole run; units re-initialised by a reset method keep their
 original theta_0 entry). The loss form is used literally, so its gradient is

@@ -1,5 +1,5 @@
-"""ReDo, recycling dormant neurons (Sokar et al., ICML 2023, arXiv:2302.12902;
-REFERENCE.md §6).
+"""ReDo, recycling dormant neurons (Sokar et al., ICML 2023, arXiv:2302.12902,
+section 4; code: google/dopamine, dopamine/labs/redo/weight_recyclers.py).
 
 Every ``period`` steps, on a fixed probe batch of the current task (its first
 ``probe_size`` training examples), each hidden layer's tau-dormant score is

@@ -1,4 +1,5 @@
-"""Shrink & perturb (Ash & Adams 2020, arXiv:1910.08475; REFERENCE.md §4).
+"""Shrink & perturb (Ash & Adams 2020, "On Warm-Starting Neural Network Training",
+NeurIPS 2020, arXiv:1910.08475, section 4).
 
 Per step (``at=step``), after the optimizer step, on every weight and bias of
 the network's Linear layers:  theta <- (1 - shrink) theta + noise_std * eps,

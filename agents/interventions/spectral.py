@@ -1,5 +1,5 @@
 """Spectral regularisation (Lewandowski et al., "Learning Continually by
-Spectral Regularization", ICLR 2025, arXiv:2406.06811; REFERENCE.md §8).
+Spectral Regularization", ICLR 2025, arXiv:2406.06811).
 
 Penalty weight * sum_l (sigma_max(W_l) - 1)^2 over every Linear weight, with
 sigma_max from one step of persistent power iteration per training step
