@@ -1,7 +1,10 @@
 """``lab``: run, resume, list and plot experiments.
 
-Bad input exits with status 2 and one line on stderr (no traceback); a loss
-that turns NaN/inf exits with status 3 after keeping the last checkpoint.
+Exit status: 0 done; 2 bad input, one line on stderr (no traceback), before
+anything is trained or overwritten; 3 the loss turned NaN/inf (the last
+checkpoint is kept; the line says how to go on with a smaller learning rate);
+75 stopped by SIGTERM/SIGINT/SIGUSR1 with a checkpoint written (the line says
+how to resume).
 """
 from __future__ import annotations
 
@@ -25,8 +28,14 @@ def main(argv: list[str] | None = None) -> int:
     p_run = sub.add_parser("run", help="train; Hydra overrides key=value, --multirun to sweep")
     p_run.add_argument("--multirun", "-m", action="store_true", help="sweep comma-separated values (Hydra launcher)")
     p_run.add_argument("overrides", nargs="*", help="e.g. experiment=split_mnist seed=3 agent.optimizer.lr=0.01")
-    p_res = sub.add_parser("resume", help="continue a killed run from its last checkpoint")
+    p_res = sub.add_parser("resume", help="continue a stopped or killed run (or every job of a sweep) from its checkpoint")
     p_res.add_argument("out_dir")
+    p_res.add_argument("overrides", nargs="*", help="key=value changes applied on purpose, e.g. agent.optimizer.lr=0.01")
+    p_res.add_argument("--trust-plugins", action="store_true",
+                       help="import the plug-in modules the run's config.yaml names (they run code)")
+    p_sync = sub.add_parser("sync", help="rebuild a run's offline W&B history from metrics.jsonl (and upload it)")
+    p_sync.add_argument("run_dirs", nargs="+")
+    p_sync.add_argument("--upload", action="store_true", help="then `wandb sync` it (needs a login and network)")
     p_list = sub.add_parser("list", help="every registered name with its parameters")
     p_list.add_argument("--json", action="store_true")
     p_list.add_argument("--markdown", action="store_true", help="the metric table (as in the README)")
@@ -53,7 +62,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "run":
             return _multirun(args.overrides) if args.multirun else _run(args.overrides)
         if args.command == "resume":
-            return _resume(Path(args.out_dir))
+            return _resume(Path(args.out_dir), args.overrides, args.trust_plugins)
+        if args.command == "sync":
+            return _sync([Path(d) for d in args.run_dirs], args.upload)
         if args.command == "list":
             return _list(args.json, args.markdown)
         if args.command == "plot":
@@ -83,16 +94,20 @@ def _data(args: argparse.Namespace) -> int:
     return 0
 
 
-def _train(cfg: Any, out_dir: Any = None, resume: bool = False) -> int:
+def _train(cfg: Any, out_dir: Any = None, resume: bool = False, requested: list[str] | tuple[str, ...] = ()) -> int:
     """One run, or with ``seeds=[...]`` every seed vectorised in this process (lab/seeds.py)."""
     from plasticity_lab.lab.loop import run
     from plasticity_lab.lab.runner import NonFiniteLoss
+    from plasticity_lab.lab.stop import EXIT_STOPPED, Stopped
 
     try:
-        summaries = run(cfg, out_dir, resume=resume)
+        summaries = run(cfg, out_dir, resume=resume, requested=requested)
     except NonFiniteLoss as err:
         print(f"lab: error: {err}", file=sys.stderr)
         return EXIT_NONFINITE
+    except Stopped as stopped:
+        print(f"lab: {stopped}", file=sys.stderr)
+        return EXIT_STOPPED
     if len(summaries) == 1:
         _print_summary(summaries[0])
     else:
@@ -115,25 +130,73 @@ def _run(overrides: list[str]) -> int:
     return _train(compose_config(overrides))
 
 
-def _resume(out: Path) -> int:
+def _resume(out: Path, overrides: list[str], trust_plugins: bool) -> int:
+    """Continue the run (or group, or sweep) in ``out`` from its checkpoint,
+    with ``overrides`` applied on purpose (lab/resume.py says which may change)."""
     from omegaconf import OmegaConf
 
+    from plasticity_lab.lab.resume import with_overrides
+    from plasticity_lab.lab.rundir import CONFIG, is_finished
     from plasticity_lab.registry import load_plugins
 
-    if not (out / "config.yaml").is_file():
-        raise ConfigError("out_dir", str(out), "a run directory holding config.yaml (written by `lab run`)")
-    cfg = OmegaConf.load(out / "config.yaml")
-    load_plugins(list(cfg.plugins))
-    done = [out / f"seed_{s}" / "summary.json" for s in cfg.seeds] if cfg.get("seeds") else [out / "summary.json"]
-    if all(p.is_file() for p in done):
-        print(f"{out} already finished; nothing to resume")
+    if (out / "multirun.yaml").is_file():
+        return _resume_sweep(out, overrides, trust_plugins)
+    if not (out / CONFIG).is_file():
+        raise ConfigError("out_dir", str(out), "a run directory holding config.yaml (written by `lab run`), "
+                          "or a sweep directory holding multirun.yaml")
+    saved = OmegaConf.load(out / CONFIG)
+    plugins = list(saved.get("plugins") or [])
+    if plugins and not trust_plugins:
+        raise ConfigError("plugins", plugins, f"modules you trust: {out / CONFIG} names plug-ins that run code when "
+                          f"imported; resume with: lab resume {out} --trust-plugins")
+    load_plugins(plugins)
+    cfg, requested = with_overrides(saved, overrides)
+    extends = cfg.stream.num_tasks != saved.stream.num_tasks
+    if is_finished(out) and not extends:
+        print(f"{out} already finished; nothing to resume (a larger stream.num_tasks=N extends it)")
         return 0
-    return _train(cfg, out, resume=True)
+    return _train(cfg, out, resume=True, requested=requested)
 
 
-def _multirun(overrides: list[str]) -> int:
+def _resume_sweep(sweep: Path, overrides: list[str], trust_plugins: bool) -> int:
+    """Every job of a Hydra sweep: the unfinished ones resume, the ones that
+    never began start, the finished ones are left alone (the sweep's own
+    overrides and job numbers, relaunched into the same directory)."""
+    from omegaconf import OmegaConf
+
+    if overrides:
+        raise ConfigError("overrides", overrides, "none for a sweep directory (resume its jobs one by one to change them)")
+    task = list(OmegaConf.load(sweep / "multirun.yaml").hydra.overrides.task)
+    if any(o.partition("=")[0].lstrip("+") == "plugins" for o in task) and not trust_plugins:
+        raise ConfigError("plugins", task, f"modules you trust: the sweep names plug-ins that run code when imported; "
+                          f"resume with: lab resume {sweep} --trust-plugins")
+    return _multirun(task, sweep_dir=sweep)
+
+
+def _sync(dirs: list[Path], upload: bool) -> int:
+    """Each run's offline W&B run rebuilt from its metrics.jsonl (every record
+    exactly once), then uploaded with ``wandb sync`` when asked."""
+    import subprocess
+
+    from plasticity_lab.lab.wandb_sink import rebuild_run
+
+    runs = [r for d in dirs for r in ([d] if (d / "metrics.jsonl").is_file() else sorted(d.glob("seed_*")))]
+    if not runs:
+        raise ConfigError("run_dir", [str(d) for d in dirs], "a run directory holding metrics.jsonl (or a group of seed_* runs)")
+    for d in runs:
+        hint = rebuild_run(d)
+        print(hint)
+        if upload:
+            done = subprocess.run(hint.split(), capture_output=True, text=True)
+            if done.returncode:
+                raise ConfigError("wandb sync", str(d), f"an upload W&B accepts ({(done.stderr or done.stdout).strip()[:200]})")
+    return 0
+
+
+def _multirun(overrides: list[str], sweep_dir: Path | None = None) -> int:
     """Sweep with Hydra's multirun (its launcher spreads the jobs); each job is
-    a normal run in ``runs/multirun/<time>/<job number>``."""
+    a normal run in ``runs/multirun/<time>/<job number>`` (or ``sweep_dir``,
+    where a finished job is left as it is and an unfinished one resumes)."""
     import hydra
     from hydra.core.hydra_config import HydraConfig
 
@@ -142,14 +205,20 @@ def _multirun(overrides: list[str]) -> int:
     overrides = [strategy_choice(o) for o in overrides]
     for combo in _first_values(overrides):
         compose_config(combo)  # every name and value valid before any job starts
-    from plasticity_lab.lab.runner import claim_dir
+    from plasticity_lab.lab.group import claim_dir
+    from plasticity_lab.lab.rundir import is_finished
 
-    sweep_dir = claim_dir(Path("runs") / "multirun" / datetime.now().strftime("%Y%m%d-%H%M%S"))
+    sweep_dir = sweep_dir or claim_dir(Path("runs") / "multirun" / datetime.now().strftime("%Y%m%d-%H%M%S"))
     codes: list[int] = []
 
     @hydra.main(config_path=config_dir(), config_name="config", version_base=None)
     def job(cfg: Any) -> None:
-        codes.append(_train(cfg, HydraConfig.get().runtime.output_dir))
+        out = Path(HydraConfig.get().runtime.output_dir)
+        if is_finished(out):
+            print(f"{out}: finished; left as it is")
+            codes.append(0)
+            return
+        codes.append(_train(cfg, out))
 
     saved = sys.argv
     sys.argv = ["lab", "--multirun", *overrides, f"hydra.sweep.dir={sweep_dir}", "hydra.sweep.subdir=${hydra.job.num}",

@@ -27,11 +27,13 @@ from plasticity_lab.agents.agent import WholeTaskAgent
 from plasticity_lab.agents.fused import FusedAgent
 from plasticity_lab.agents.stacked import StackedStep
 from plasticity_lab.agents.cuda_graph import graphed
+from plasticity_lab.lab.group import RunGroup, open_group
 from plasticity_lab.lab.progress import Progress
+from plasticity_lab.lab.rundir import mark_finished
 from plasticity_lab.lab.runner import (NonFiniteLoss, RunContext, begin_task, check_finite, emit_record, end_task,
-                                       finish_run, open_run, progress_metric, save_checkpoint, task_examples)
-from plasticity_lab.lab.seeds import SeedGenerators, open_seeds
-from plasticity_lab.lab.sinks import close_all
+                                       enter_task, finish_run, progress_metric, task_examples)
+from plasticity_lab.lab.seeds import SeedGenerators
+from plasticity_lab.lab.stop import StopRequest, Stopped
 from plasticity_lab.registry import ConfigError
 from plasticity_lab.streams import Task, task_rng
 
@@ -52,6 +54,9 @@ class AgentStep:
     def flush(self) -> None:
         self.agent.flush_updates()
 
+    def can_stop(self, batch: int) -> bool:
+        return True
+
 
 class StackStep:
     """The fused step of N stacked agents (agents/stacked.py, graphed on a GPU)."""
@@ -65,6 +70,13 @@ class StackStep:
 
     def flush(self) -> None:
         self.stack.flush()
+
+    def can_stop(self, batch: int) -> bool:
+        """Whether a checkpoint now computes what the run alone would: no
+        update is deferred, or the next step of ``batch`` examples would apply
+        them first anyway (so the stop changes no rounding)."""
+        pending = self.stack.pending
+        return pending is None or pending.count + batch > pending.capacity
 
 
 def group_step(ctxs: list[RunContext]) -> AgentStep | StackStep:
@@ -80,51 +92,82 @@ def group_step(ctxs: list[RunContext]) -> AgentStep | StackStep:
     return AgentStep(agents[0])
 
 
-def run(cfg: DictConfig, out_dir: str | Path | None = None, resume: bool = False) -> list[dict[str, Any]]:
-    """Train ``cfg`` to the end (from the last checkpoint with ``resume``): one
-    run, or with ``seeds=[...]`` every seed vectorised in this process.
+def run(cfg: DictConfig, out_dir: str | Path | None = None, resume: bool = False,
+        requested: list[str] | tuple[str, ...] = ()) -> list[dict[str, Any]]:
+    """Train ``cfg`` to the end: one run, or with ``seeds=[...]`` every seed
+    vectorised in this process; started, or resumed from the directory's
+    checkpoint (lab/group.py decides; ``requested``: keys a resume changes on
+    purpose). SIGTERM, SIGINT and SIGUSR1 stop it resumably (lab/stop.py).
     Returns each run's summary (also written to its ``summary.json``)."""
-    if cfg.get("seeds"):
-        ctxs, generators = open_seeds(cfg, out_dir, resume)
-    else:
-        ctxs, generators = [open_run(cfg, out_dir, resume)], SeedGenerators.single()
+    group = open_group(cfg, out_dir, resume, requested)
+    stop = StopRequest().install()
     try:
-        return train(ctxs, generators)
+        return train(group, stop)
     finally:
-        for ctx in ctxs:
-            close_all(ctx.sinks)
+        stop.restore()
+        group.close()
 
 
-def train(ctxs: list[RunContext], generators: SeedGenerators) -> list[dict[str, Any]]:
+def train(group: RunGroup, stop: StopRequest) -> list[dict[str, Any]]:
     """Every remaining task of the group's runs, then their summaries."""
-    cfg, stream, first = ctxs[0].cfg, ctxs[0].stream, ctxs[0].first_task
+    ctxs, generators = group.ctxs, group.generators
+    cfg, stream, first = ctxs[0].cfg, ctxs[0].stream, group.next_task
     whole_task = isinstance(ctxs[0].agent, WholeTaskAgent)
     step = None if whole_task else group_step(ctxs)
-    sizes = task_examples(ctxs[0])
+    sizes = task_examples(ctxs[0], first)
     progress = Progress(stream.num_tasks, [n * len(ctxs) for n in sizes], first, cfg.progress, progress_metric(stream))
     quiet = Progress(stream.num_tasks, sizes, first, "off")
     t_start = time.perf_counter()
     try:
         for k in range(first, stream.num_tasks):
+            position, group.position = group.position, None
             tasks = []
             for i, ctx in enumerate(ctxs):
                 with generators.own(i):
                     tasks.append(ctx.stream.task(k).to(ctx.device))
-                    begin_task(ctx, tasks[-1])
+                    (enter_task if position else begin_task)(ctx, tasks[-1])
             t0 = time.perf_counter()
             if whole_task:
-                totals = [train_whole_task(ctxs[0], tasks[0], progress)]
+                totals = [train_whole_task(ctxs[0], tasks[0], progress, stop)]
             else:
-                totals = train_task(ctxs, tasks, step, generators, progress)
-            seconds = time.perf_counter() - t0
+                totals = train_task(ctxs, tasks, step, generators, progress, stop, position)
+            seconds = time.perf_counter() - t0 + (position or {}).get("seconds", 0.0)
             for i, (ctx, task, (correct, loss, seen)) in enumerate(zip(ctxs, tasks, totals)):
                 with generators.own(i):
                     end_task(ctx, task, correct, loss, seen, seconds, progress if i == 0 else quiet)
-                    save_checkpoint(ctx, k)
+            group.save(k + 1)
+            if stop.signum is not None and k + 1 < stream.num_tasks:
+                raise StopAt(k + 1, None)
         progress.close()
-        return [finish_run(ctx, time.perf_counter() - t_start) for ctx in ctxs]
+        summaries = [finish_run(ctx, time.perf_counter() - t_start, group.resumes) for ctx in ctxs]
+        if group.cfg.get("seeds") is not None:  # the group's own marker, after every seed's
+            mark_finished(group.out, {"seeds": list(group.cfg.seeds)})
+        return summaries
+    except StopAt as at:
+        if at.position is not None:
+            group.save(at.task, at.position)
+        raise _stopped(group, at.task, stop) from None
     finally:
         progress.close()
+
+
+class StopAt(Exception):
+    """Raised inside the loop where a requested stop can be checkpointed: task
+    ``task`` at its start (``position`` None) or at ``position`` within it."""
+
+    def __init__(self, task: int, position: dict[str, Any] | None):
+        super().__init__(task)
+        self.task, self.position = task, position
+
+
+def _stopped(group: RunGroup, task: int, stop: StopRequest) -> Stopped:
+    """The one line a stopped run says (W&B is told the run was preempted)."""
+    for ctx in group.ctxs:
+        if ctx.wandb is not None:
+            ctx.wandb.stopping()
+    num_tasks = group.ctxs[0].stream.num_tasks
+    return Stopped(f"stopped ({stop.name}) at task {task + 1}/{num_tasks}, step {group.ctxs[0].step}; "
+                   f"resume with: lab resume {group.out}")
 
 
 def epoch_order(seed: int, task_id: int, epoch: int, n: int) -> torch.Tensor:
@@ -134,21 +177,28 @@ def epoch_order(seed: int, task_id: int, epoch: int, n: int) -> torch.Tensor:
 
 
 def train_task(ctxs: list[RunContext], tasks: list[Task], step: AgentStep | StackStep, generators: SeedGenerators,
-               progress: Progress) -> list[tuple[float, float, int]]:
+               progress: Progress, stop: StopRequest, position: dict[str, Any] | None = None
+               ) -> list[tuple[float, float, int]]:
     """The hot loop: every run's epochs over its task, one group step per
-    batch. Returns each run's (correct, summed loss, examples), read once."""
+    batch, from ``position`` (where a stopped group left the task) or the
+    start. Returns each run's (correct, summed loss, examples), read once;
+    raises StopAt after the step a stop was requested in (at the next step
+    that holds no deferred update)."""
     cfg, device = ctxs[0].cfg, ctxs[0].device
     bs, log_every, augment = cfg.train.batch_size, cfg.train.log_every, ctxs[0].stream.augment
-    n = tasks[0].num_train
+    n, epochs = tasks[0].num_train, cfg.train.epochs
     if any(t.num_train != n for t in tasks):
         raise ConfigError("seeds", [c.cfg.seed for c in ctxs], "streams whose tasks have the same size for every seed")
     before = any(c.hooks.before_step for c in ctxs) or augment is not None
-    correct = torch.zeros(len(ctxs), dtype=torch.long, device=device)
-    loss_sum = torch.zeros(len(ctxs), device=device)
-    seen, read = 0, ([0] * len(ctxs), [0.0] * len(ctxs), 0)
-    for epoch in range(cfg.train.epochs):
+    at = position or {"epoch": 0, "batch": 0, "seen": 0, "correct": [0] * len(ctxs), "loss": [0.0] * len(ctxs),
+                      "read": [[0] * len(ctxs), [0.0] * len(ctxs), 0], "seconds": 0.0}
+    correct = torch.tensor(at["correct"], dtype=torch.long, device=device)
+    loss_sum = torch.tensor(at["loss"], dtype=torch.float32, device=device)
+    seen, read = at["seen"], (list(at["read"][0]), list(at["read"][1]), at["read"][2])
+    t0 = time.perf_counter()
+    for epoch in range(at["epoch"], epochs):
         xs, ys = _epoch_data(ctxs, tasks, epoch, device)
-        for i in range(0, n, bs):
+        for i in range(at["batch"] if epoch == at["epoch"] else 0, n, bs):
             xb, yb = xs[:, i:i + bs], ys[:, i:i + bs]
             if before:
                 xb = _before_step(ctxs, generators, xb, yb, augment)
@@ -164,6 +214,14 @@ def train_task(ctxs: list[RunContext], tasks: list[Task], step: AgentStep | Stac
             seen += yb.shape[1]
             if ctxs[0].step % log_every == 0:
                 read = _log_windows(ctxs, tasks, correct, loss_sum, seen, read, progress)
+            if stop.signum is not None and step.can_stop(bs):
+                nxt = (epoch, i + bs) if i + bs < n else (epoch + 1, 0)
+                if nxt[0] < epochs:
+                    step.flush()
+                    raise StopAt(tasks[0].id, {
+                        "epoch": nxt[0], "batch": nxt[1], "seen": seen, "correct": correct.tolist(),
+                        "loss": loss_sum.tolist(), "read": [read[0], read[1], read[2]],
+                        "seconds": at["seconds"] + time.perf_counter() - t0})
     step.flush()
     read = _log_windows(ctxs, tasks, correct, loss_sum, seen, read, progress, record=False)
     return [(c, l, seen) for c, l in zip(read[0], read[1])]
@@ -209,10 +267,17 @@ def _log_windows(ctxs: list[RunContext], tasks: list[Task], correct: torch.Tenso
     return c, l, seen
 
 
-def train_whole_task(ctx: RunContext, task: Task, progress: Progress) -> tuple[float, float, int]:
+def train_whole_task(ctx: RunContext, task: Task, progress: Progress, stop: StopRequest) -> tuple[float, float, int]:
     """Hand the task to an agent with its own loop (an Avalanche strategy);
-    the run's per-step hooks run inside it."""
+    the run's per-step hooks run inside it. Its loop cannot be checkpointed
+    mid-task: a stop ends it at once and the run resumes at the task's start."""
+
+    def stop_here(agent: Agent, info: StepInfo) -> None:
+        if stop.signum is not None:
+            raise StopAt(task.id, None)
+
     hooks = [lambda agent, info, h=h: emit_record(ctx, task.id, h(agent, info)) for h in ctx.hooks.after_step]
+    hooks.append(stop_here)
     label = task.id if ctx.stream.scenario == "task" else 0
     correct, loss, seen, updates = ctx.agent.train_task(task, label, hooks)
     ctx.step += updates
@@ -223,4 +288,4 @@ def train_whole_task(ctx: RunContext, task: Task, progress: Progress) -> tuple[f
     return correct, loss, seen
 
 
-__all__ = ["run", "train", "train_task", "epoch_order", "group_step"]
+__all__ = ["run", "train", "train_task", "epoch_order", "group_step", "StopAt"]

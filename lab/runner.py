@@ -12,8 +12,7 @@ from __future__ import annotations
 import json
 import math
 import warnings
-from dataclasses import dataclass, field
-from datetime import datetime
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +29,8 @@ from plasticity_lab.lab.build import (as_dict, build_agent, build_interventions,
                                       resolve_device, seed_everything, use_fast_path)
 from plasticity_lab.lab.progress import Progress
 from plasticity_lab.lab.results import DENSE_MAX_TASKS, Results
-from plasticity_lab.lab.sinks import JsonlSink, Sink, emit
+from plasticity_lab.lab.rundir import CONFIG, mark_finished, write_atomic
+from plasticity_lab.lab.sinks import JsonlSink, Sink, close_all, emit
 from plasticity_lab.metrics.catalog import facts_of_records
 from plasticity_lab.metrics.tracker import Tracker
 from plasticity_lab.registry import ConfigError
@@ -43,31 +43,17 @@ class NonFiniteLoss(RuntimeError):
     """The training loss became NaN or infinite; the last checkpoint is kept."""
 
 
-def claim_dir(base: Path) -> Path:
-    """Create and return ``base`` (or ``base-1``, ``base-2``, ...): ``mkdir`` is
-    atomic, so two runs started in the same second never share a directory."""
-    base.parent.mkdir(parents=True, exist_ok=True)
-    out, i = base, 1
-    while True:
-        try:
-            out.mkdir()
-            return out
-        except FileExistsError:
-            out, i = base.with_name(f"{base.name}-{i}"), i + 1
-
-
-def default_out_dir(cfg: DictConfig) -> Path:
-    return claim_dir(Path("runs") / str(cfg.experiment) / datetime.now().strftime("%Y%m%d-%H%M%S"))
-
-
 @dataclass
 class RunContext:
     """One run's live state: what it trains, what watches it, where it writes.
     ``hooks`` is the plan of the tracker and the interventions (in that
-    order: the tracker measures a task start before any intervention acts)."""
+    order: the tracker measures a task start before any intervention acts);
+    ``home`` is the directory ``lab resume`` takes (the group's for a seed of
+    vectorised seeds, which checkpoint together)."""
 
     cfg: DictConfig
     out: Path
+    home: Path
     stream: Stream
     agent: Agent
     interventions: list[Intervention]
@@ -78,13 +64,26 @@ class RunContext:
     jsonl: JsonlSink
     wandb: Any = None
     step: int = 0
-    first_task: int = 0
     device: torch.device = torch.device("cpu")
+    resumed: bool = False
 
 
-def task_examples(ctx: RunContext) -> list[int]:
+@dataclass
+class BuiltRun:
+    """A run built in memory from its config (nothing written yet)."""
+
+    cfg: DictConfig
+    stream: Stream
+    agent: Agent
+    interventions: list[Intervention]
+    tracker: Tracker | None
+    hooks: HookPlan
+    device: torch.device
+
+
+def task_examples(ctx: RunContext, first: int) -> list[int]:
     """Examples each task will train (its size x epochs), for progress and ETA."""
-    stream, first, epochs = ctx.stream, ctx.first_task, ctx.cfg.train.epochs
+    stream, epochs = ctx.stream, ctx.cfg.train.epochs
     if stream.train_sizes is not None:
         return [stream.train_size(k) * epochs for k in range(stream.num_tasks)]
     size = stream.train_size(first) * epochs if first < stream.num_tasks else 0
@@ -95,13 +94,9 @@ def progress_metric(stream: Stream) -> str:
     return "acc" if stream.target == "class" else "err"
 
 
-CHECKPOINT_FORMAT = 2
-"""Bumped when a checkpoint's layout changes; a run resumes only from its own format."""
-
-
-def open_run(cfg: DictConfig, out_dir: str | Path | None = None, resume: bool = False) -> RunContext:
-    """Build everything a run needs (failing on bad input before any training),
-    restore the last checkpoint with ``resume``, and open the sinks."""
+def build_run(cfg: DictConfig) -> BuiltRun:
+    """Everything a run needs, built and checked in memory: bad input fails
+    here, before anything is written or trained."""
     check_train(cfg)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
@@ -113,87 +108,116 @@ def open_run(cfg: DictConfig, out_dir: str | Path | None = None, resume: bool = 
     tracker = build_tracker(cfg)
     hooks = plan_hooks(([tracker] if tracker else []) + ivs)
     agent = use_fast_path(cfg, agent, hooks)
-    out = Path(out_dir or cfg.out_dir or default_out_dir(cfg))
-    ckpt = checkpoint.load(out / "checkpoints") if resume else None
-    if ckpt is not None and ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise ConfigError("checkpoint", str(out / "checkpoints" / checkpoint.LAST),
-                          f"a checkpoint of format {CHECKPOINT_FORMAT} (it was written by another version of the lab; "
-                          "start the run again)")
-    out.mkdir(parents=True, exist_ok=True)
-    if not resume:
-        OmegaConf.save(cfg, out / "config.yaml", resolve=True)
     if not isinstance(agent, FusedAgent):  # the fused agent folds weight-decay penalties into its step instead
         agent.penalties = list(hooks.penalty)
-    results, first, step, wandb_id = Results(), 0, 0, None
-    if ckpt is not None:
-        agent.load_state_dict(ckpt["agent"])
-        if tracker is not None:
-            tracker.load_state_dict(ckpt["tracker"])
-        for iv, state in zip(ivs, ckpt["interventions"]):
-            iv.load_state_dict(state)
-        checkpoint.set_rng_state(ckpt["rng"])
-        results, first, step, wandb_id = Results(**ckpt["results"]), ckpt["next_task"], ckpt["step"], ckpt["wandb_id"]
+    return BuiltRun(cfg, stream, agent, ivs, tracker, hooks, device)
+
+
+def open_run(built: BuiltRun, out: Path, home: Path, state: dict[str, Any] | None) -> RunContext:
+    """The run's directory and sinks, from its checkpointed ``state`` or fresh
+    (``on_run_start`` hooks; a metrics.jsonl left by a run killed before its
+    first checkpoint is started over)."""
+    cfg, agent = built.cfg, built.agent
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        write_atomic(out / CONFIG, OmegaConf.to_yaml(cfg, resolve=True))
+    except OSError as err:
+        raise ConfigError("out_dir", str(out), f"a folder the lab can create and write ({err.strerror})") from None
+    results, step, wandb_id = Results(), 0, None
+    if state is not None:
+        agent.load_state_dict(state["agent"])
+        apply_optimizer_config(agent, cfg)
+        if built.tracker is not None:
+            built.tracker.load_state_dict(state["tracker"])
+        for iv, iv_state in zip(built.interventions, state["interventions"]):
+            iv.load_state_dict(iv_state)
+        results, step, wandb_id = Results(**state["results"]), state["step"], state["wandb_id"]
+        jsonl = JsonlSink.resume(out / "metrics.jsonl", **state["jsonl"])
     else:
-        for h in hooks.on_run_start:
+        for h in built.hooks.on_run_start:
             h(agent)
-    jsonl = JsonlSink(out / "metrics.jsonl", truncate_to=ckpt["jsonl_offset"] if ckpt else (0 if resume else None))
+        jsonl = JsonlSink(out / "metrics.jsonl")
     sinks: list[Sink] = [jsonl]
-    wandb_sink = _open_wandb(cfg, out, wandb_id)
+    wandb_sink = _open_wandb(cfg, out, wandb_id, resume_step=step if state is not None else None)
     if wandb_sink is not None:
         sinks.append(wandb_sink)
-    return RunContext(cfg, out, stream, agent, ivs, tracker, hooks, sinks, results, jsonl, wandb_sink, step, first, device)
+    return RunContext(cfg, out, home, built.stream, agent, built.interventions, built.tracker, built.hooks, sinks,
+                      results, jsonl, wandb_sink, step, built.device, resumed=state is not None)
 
 
-def save_checkpoint(ctx: RunContext, k: int) -> None:
-    """The state after task ``k`` (atomic; ``lab resume`` starts at task k + 1)."""
-    if not ctx.cfg.train.checkpoint:
-        return
-    checkpoint.save(ctx.out / "checkpoints", {
-        "format": CHECKPOINT_FORMAT,
+def apply_optimizer_config(agent: Agent, cfg: DictConfig) -> None:
+    """The config's optimizer hyperparameters in every parameter group (a
+    loaded optimizer state carries the values it was saved with: a resume that
+    changes the learning rate must reach the optimizer, not only the config)."""
+    for key, value in as_dict(cfg.agent.optimizer).items():
+        if key == "name" or value is None:
+            continue
+        for group in agent.optimizer.param_groups:
+            if key in group:
+                group[key] = type(group[key])(value) if isinstance(group[key], (int, float)) else value
+
+
+def run_state(ctx: RunContext) -> dict[str, Any]:
+    """What a checkpoint keeps of one run (tensors and plain values)."""
+    return {
         "agent": checkpoint.compact(ctx.agent.state_dict()),
         "tracker": ctx.tracker.state_dict() if ctx.tracker is not None else None,
         "interventions": [iv.state_dict() for iv in ctx.interventions],
-        "rng": checkpoint.rng_state(), "next_task": k + 1, "step": ctx.step, "results": ctx.results.to_dict(),
-        "jsonl_offset": ctx.jsonl.offset(), "wandb_id": ctx.wandb.run_id if ctx.wandb else None,
-    })
+        "results": ctx.results.to_dict(), "step": ctx.step, "jsonl": ctx.jsonl.position(),
+        "wandb_id": ctx.wandb.run_id if ctx.wandb else None,
+    }
 
 
-def finish_run(ctx: RunContext, wall: float) -> dict[str, Any]:
-    """Write summary.json and the plots; log the accuracy matrix to W&B."""
+def finish_run(ctx: RunContext, wall: float, resumes: list[dict[str, Any]]) -> dict[str, Any]:
+    """summary.json (atomically), the plots, the accuracy matrix to W&B and
+    W&B's end; then the finished marker, last. ``resumes``: the changes each
+    resume made (kept in the summary)."""
     summary = _summary(ctx.cfg, ctx.stream, ctx.results, wall, ctx.wandb, ctx.agent)
+    summary["resumes"] = resumes
     if ctx.tracker is not None:
         summary["final_metrics"] = ctx.tracker.final()
         summary["diagnostics"] = ctx.tracker.series
         summary["metric_facts"] = facts_of_records(ctx.tracker.series)  # so plots and tables need no plug-in code
-    (ctx.out / "summary.json").write_text(json.dumps(summary, indent=1))
+    write_atomic(ctx.out / "summary.json", json.dumps(summary, indent=1))
     from plasticity_lab.lab.plots import plot_run
 
     summary["plots"] = [str(p) for p in plot_run(ctx.out, summary)]
     summary["out_dir"] = str(ctx.out)
     if ctx.wandb is not None:
         _log_final(ctx.wandb, ctx.results, ctx.out)
+        ctx.sinks.remove(ctx.wandb)
+        close_all([ctx.wandb])
+        if ctx.resumed:
+            summary["wandb_sync"] = ctx.wandb.consolidate(ctx.out / "metrics.jsonl") or summary["wandb_sync"]
+    mark_finished(ctx.out, {"tasks_trained": summary["tasks_trained"]})
     return summary
 
 
-def _open_wandb(cfg: DictConfig, out: Path, run_id: str | None):
+def _open_wandb(cfg: DictConfig, out: Path, run_id: str | None, resume_step: int | None):
     if not cfg.wandb.enabled:
         return None
     from plasticity_lab.lab.wandb_sink import WandbSink
 
-    w = cfg.wandb
-    return WandbSink(out, as_dict(cfg), project=w.project, entity=w.entity, group=w.group or cfg.experiment,
-                     name=w.name or f"{cfg.experiment}-s{cfg.seed}", tags=list(w.tags), job_type=w.job_type,
-                     mode=w.mode, run_id=run_id)
+    try:
+        return WandbSink(out, as_dict(cfg), run_id, resume_step)
+    except Exception as err:  # W&B never stops a run: metrics.jsonl keeps every record
+        warnings.warn(f"W&B could not start ({type(err).__name__}: {err}); this run logs to metrics.jsonl only "
+                      f"(lab sync {out} makes its W&B run later)")
+        return None
+
+
+def enter_task(ctx: RunContext, task: Task) -> None:
+    """What holds for the whole of a task and has no side effect: its head (task-incremental logits)."""
+    ctx.agent.use_head(task.classes if ctx.stream.scenario == "task" else None)
 
 
 def begin_task(ctx: RunContext, task: Task) -> None:
     """The task's head, Dohare et al.'s new head if asked, then ``on_task_start`` hooks."""
-    agent = ctx.agent
-    agent.use_head(task.classes if ctx.stream.scenario == "task" else None)
+    enter_task(ctx, task)
     if ctx.cfg.train.new_head:
-        Reset(layers="head", mode="zero").reset(agent)
+        Reset(layers="head", mode="zero").reset(ctx.agent)
     for h in ctx.hooks.on_task_start:
-        emit_record(ctx, task.id, h(agent, task))
+        emit_record(ctx, task.id, h(ctx.agent, task))
 
 
 def end_task(ctx: RunContext, task: Task, correct: float, loss: float, seen: int, seconds: float,
@@ -220,13 +244,14 @@ def end_task(ctx: RunContext, task: Task, correct: float, loss: float, seen: int
 
 
 def check_finite(ctx: RunContext, loss: float, task_id: int) -> None:
-    """NonFiniteLoss naming the step, the kept checkpoint and the learning rate, if ``loss`` is NaN or infinite."""
+    """NonFiniteLoss naming the step, the kept checkpoint and how to go on, if ``loss`` is NaN or infinite."""
     if math.isfinite(loss):
         return
-    kept = (f"the last checkpoint (end of task {task_id - 1}) is kept in {ctx.out / 'checkpoints'}"
-            if task_id > 0 else "no task had finished, so there is no checkpoint")
-    raise NonFiniteLoss(f"the training loss became {loss} at step {ctx.step} (task {task_id}); {kept}; "
-                        f"try a smaller agent.optimizer.lr (now {ctx.cfg.agent.optimizer.lr})")
+    lr = ctx.cfg.agent.optimizer.lr
+    kept = ("the last checkpoint, from before this task, is kept" if (ctx.home / "checkpoints" / checkpoint.LAST).exists()
+            else "no task had finished, so it starts over")
+    raise NonFiniteLoss(f"the training loss became {loss} at step {ctx.step} (task {task_id}); {kept}: go on with "
+                        f"a smaller learning rate (now {lr}) with: lab resume {ctx.home} agent.optimizer.lr={lr / 10:g}")
 
 
 def emit_record(ctx: RunContext, task_id: int, record: Record) -> None:
@@ -286,5 +311,5 @@ def _summary(cfg: DictConfig, stream: Stream, results: Results, wall: float, wan
     }
 
 
-__all__ = ["RunContext", "open_run", "begin_task", "end_task", "save_checkpoint", "finish_run", "evaluate",
-           "NonFiniteLoss"]
+__all__ = ["RunContext", "BuiltRun", "build_run", "open_run", "run_state", "enter_task", "begin_task", "end_task",
+           "finish_run", "evaluate", "NonFiniteLoss"]

@@ -2,7 +2,8 @@
 
 The seeds train in one process, in lock-step, with their weights stacked
 (agents/stacked.py): one batched fused step per batch for all of them, driven
-by the same loop as a single run (lab/loop.py). Each seed is otherwise its
+by the same loop as a single run (lab/loop.py) and opened and checkpointed
+as one group (lab/group.py). Each seed is otherwise its
 own run — its own stream (permutations from its seed), data order,
 initialisation, interventions, tracker, random generators, checkpoint, run
 directory (``<out>/seed_<s>``) and W&B run — and ends with the weights and
@@ -19,16 +20,11 @@ draws never shift another's. Available where the fused path is
 from __future__ import annotations
 
 from contextlib import AbstractContextManager, contextmanager, nullcontext
-from pathlib import Path
 from typing import Any, Iterator
 
 import torch
-from omegaconf import DictConfig, OmegaConf
 
-from plasticity_lab.agents.fused import FusedAgent, fused_reason
 from plasticity_lab.lab import checkpoint
-from plasticity_lab.lab.runner import RunContext, default_out_dir, open_run
-from plasticity_lab.lab.sinks import close_all
 from plasticity_lab.registry import ConfigError
 
 
@@ -57,6 +53,17 @@ class SeedGenerators:
         (``full=False``: the only ones a step's hooks and augmentation draw from)."""
         return nullcontext() if self.states is None else _swapped(self.states, i, full)
 
+    def state(self, i: int) -> dict[str, Any]:
+        """Run i's generator state now (for a checkpoint)."""
+        return checkpoint.rng_state() if self.states is None else self.states[i]
+
+    def restore(self, i: int, state: dict[str, Any]) -> None:
+        """Run i's generators as a checkpoint kept them."""
+        if self.states is None:
+            checkpoint.set_rng_state(state)
+        else:
+            self.states[i] = state
+
 
 @contextmanager
 def _swapped(states: list[dict[str, Any]], i: int, full: bool) -> Iterator[None]:
@@ -77,37 +84,3 @@ def _swapped(states: list[dict[str, Any]], i: int, full: bool) -> Iterator[None]
             states[i]["torch"] = torch.get_rng_state()
             if cuda:
                 states[i]["cuda"][dev] = torch.cuda.get_rng_state()
-
-
-def open_seeds(cfg: DictConfig, out_dir: str | Path | None = None, resume: bool = False
-               ) -> tuple[list[RunContext], SeedGenerators]:
-    """Open every seed of ``cfg.seeds`` as its own run under ``<out>/seed_<s>``,
-    each with the generators its build (or its checkpoint) left."""
-    seeds = check_seeds(cfg.seeds)
-    base = Path(out_dir or cfg.out_dir or default_out_dir(cfg))
-    base.mkdir(parents=True, exist_ok=True)
-    if not resume:
-        OmegaConf.save(cfg, base / "config.yaml", resolve=True)
-    ctxs: list[RunContext] = []
-    states: list[dict[str, Any]] = []
-    try:
-        for s in seeds:
-            one = OmegaConf.merge(cfg, {"seed": s, "seeds": None, "out_dir": None})
-            ctxs.append(open_run(one, base / f"seed_{s}", resume))
-            states.append(checkpoint.rng_state())
-        _check_stackable(ctxs, seeds)
-    except BaseException:
-        for ctx in ctxs:
-            close_all(ctx.sinks)
-        raise
-    return ctxs, SeedGenerators(states)
-
-
-def _check_stackable(ctxs: list[RunContext], seeds: list[int]) -> None:
-    first = ctxs[0]
-    if not all(isinstance(c.agent, FusedAgent) for c in ctxs):
-        why = fused_reason(first.agent, first.hooks) or "train.fast=false"
-        raise ConfigError("seeds", seeds, f"a run the fused path supports (this one has {why}); "
-                          "run the seeds as a sweep instead: lab run --multirun seed=" + ",".join(map(str, seeds)))
-    if len({c.first_task for c in ctxs}) > 1:
-        raise ConfigError("seeds", seeds, "seed runs stopped at the same task; resume each seed_<s> directory on its own")

@@ -7,8 +7,10 @@ while logging drops the sink with a warning (see ``sinks.emit``).
 """
 from __future__ import annotations
 
+import json
 import netrc
 import os
+import shutil
 import socket
 from pathlib import Path
 from typing import Any
@@ -48,24 +50,44 @@ def choose_mode(mode: str) -> str:
 
 
 class WandbSink:
-    """Logs records to one W&B run; ``step`` is W&B's step, ``task`` a field."""
+    """Logs records to one W&B run; ``step`` is W&B's step, ``task`` a field.
 
-    def __init__(self, out_dir: Path, config: dict[str, Any], *, project: str, entity: str | None, group: str | None,
-                 name: str | None, tags: list[str], job_type: str, mode: str, run_id: str | None = None):
+    A resumed run logs to the same run id. Online it first rewinds the run's
+    history to the checkpoint's step (W&B's ``resume_from``), so what the
+    killed process logged after its checkpoint is replaced, not doubled; where
+    the server does not rewind, it resumes with ``resume="allow"``. Offline,
+    each process writes a segment and a killed one may lose what it had not
+    flushed, so a resumed run rebuilds its offline run from metrics.jsonl when
+    it finishes (:meth:`consolidate`), one complete history to ``wandb sync``."""
+
+    essential = False
+
+    def __init__(self, out_dir: Path, config: dict[str, Any], run_id: str | None = None, resume_step: int | None = None):
+        """The W&B run of the run in ``out_dir`` with resolved ``config`` (its
+        ``wandb`` section says where and how); ``run_id``/``resume_step``: a resumed run's."""
         import wandb
 
-        self.mode = choose_mode(mode)
+        self.mode = choose_mode(config["wandb"]["mode"])
         self._wandb = wandb
-        kwargs = dict(project=project, entity=entity, group=group, name=name, tags=list(tags) or None, job_type=job_type,
-                      config=config, dir=str(out_dir), id=run_id, resume="allow" if run_id else None,
-                      settings=wandb.Settings(init_timeout=30, silent=True, console="off"))
-        try:
-            self.run = wandb.init(mode=self.mode, **kwargs)
-        except Exception:  # unreachable server, expired key, ...: keep the run, go offline
-            self.mode = "offline"
-            self.run = wandb.init(mode="offline", **kwargs)
+        self.out_dir = out_dir
+        self.settings = init_settings(out_dir, config)
+        self.run = self._init(run_id, resume_step)
         self.run_id = self.run.id
         self.dir = Path(self.run.dir).parent
+
+    def _init(self, run_id: str | None, resume_step: int | None) -> Any:
+        wandb = self._wandb
+        if run_id and resume_step is not None and self.mode == "online":
+            try:
+                return wandb.init(mode="online", resume_from=f"{run_id}?_step={resume_step}", **self.settings)
+            except Exception:  # a server without rewinding: resume as it is
+                pass
+        kwargs = dict(id=run_id, resume="allow" if run_id else None, **self.settings)
+        try:
+            return wandb.init(mode=self.mode, **kwargs)
+        except Exception:  # unreachable server, expired key, ...: keep the run, go offline
+            self.mode = "offline"
+            return wandb.init(mode="offline", **kwargs)
 
     def write(self, record: dict[str, Any]) -> None:
         data = {k: plain(v) for k, v in record.items() if k != "step"}
@@ -73,13 +95,73 @@ class WandbSink:
 
     def log_matrix(self, rows: list[list[Any]], heatmap: Path) -> None:
         """The accuracy matrix as a W&B table (after_task, task, accuracy) and its heatmap image."""
-        data = {"eval/acc_matrix": self._wandb.Table(columns=["after_task", "task", "accuracy"], data=rows)}
-        if heatmap.exists():
-            data["eval/acc_matrix_heatmap"] = self._wandb.Image(str(heatmap))
-        self.run.log(data)
+        log_matrix(self._wandb, self.run, rows, heatmap)
+
+    def stopping(self) -> None:
+        """The run stops to be resumed (a signal): W&B marks it preempted, not finished."""
+        self.run.mark_preempting()
 
     def close(self) -> None:
         self.run.finish()
 
+    def consolidate(self, records: Path) -> str | None:
+        """Offline: this run's W&B history rebuilt from ``records`` (metrics.jsonl)
+        in place of its segments; returns the sync hint (None online)."""
+        if self.mode != "offline":
+            return None
+        return rebuild_offline(self.out_dir, self.run_id, self.settings, records)
+
     def sync_hint(self) -> str | None:
         return f"wandb sync {self.dir}" if self.mode == "offline" else None
+
+
+def init_settings(out_dir: Path, config: dict[str, Any]) -> dict[str, Any]:
+    """``wandb.init``'s arguments for the run in ``out_dir`` (its config's ``wandb`` section)."""
+    import wandb
+
+    w = config["wandb"]
+    return dict(project=w["project"], entity=w["entity"], group=w["group"] or config["experiment"],
+                name=w["name"] or f"{config['experiment']}-s{config['seed']}", tags=list(w["tags"]) or None,
+                job_type=w["job_type"], config=config, dir=str(out_dir),
+                settings=wandb.Settings(init_timeout=30, silent=True, console="off"))
+
+
+def log_matrix(wandb: Any, run: Any, rows: list[list[Any]], heatmap: Path) -> None:
+    """The accuracy matrix as a W&B table (after_task, task, accuracy) and its heatmap image."""
+    data = {"eval/acc_matrix": wandb.Table(columns=["after_task", "task", "accuracy"], data=rows)}
+    if heatmap.exists():
+        data["eval/acc_matrix_heatmap"] = wandb.Image(str(heatmap))
+    run.log(data)
+
+
+def rebuild_offline(out_dir: Path, run_id: str | None, settings: dict[str, Any], records: Path) -> str:
+    """One offline W&B run under ``out_dir/wandb`` holding every record of
+    ``records`` exactly once (and the accuracy matrix, if the run finished),
+    in place of the offline segments there. Idempotent. Returns the sync hint."""
+    import wandb
+
+    for segment in (out_dir / "wandb").glob("offline-run-*"):
+        shutil.rmtree(segment, ignore_errors=True)
+    run = wandb.init(mode="offline", id=run_id, **settings)
+    with open(records, encoding="utf-8") as f:
+        for line in f:
+            if line.endswith("\n"):  # a line cut by a kill is not a record
+                record = json.loads(line)
+                run.log({k: v for k, v in record.items() if k != "step"}, step=int(record["step"]))
+    summary = out_dir / "summary.json"
+    if summary.exists():
+        log_matrix(wandb, run, json.loads(summary.read_text())["acc_entries"], out_dir / "plots" / "acc_matrix.png")
+    run.finish()
+    return f"wandb sync {Path(run.dir).parent}"
+
+
+def rebuild_run(out_dir: Path) -> str:
+    """``lab sync``: the offline W&B run of the run in ``out_dir`` rebuilt from
+    its metrics.jsonl under the run id its offline segments carry (a new one
+    if there are none). Returns the sync hint."""
+    from omegaconf import OmegaConf
+
+    config = OmegaConf.to_container(OmegaConf.load(out_dir / "config.yaml"), resolve=True)
+    segments = sorted((out_dir / "wandb").glob("offline-run-*-*"))
+    run_id = segments[-1].name.rsplit("-", 1)[1] if segments else None
+    return rebuild_offline(out_dir, run_id, init_settings(out_dir, config), out_dir / "metrics.jsonl")

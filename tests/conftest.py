@@ -52,6 +52,21 @@ def register_for_test():
         registry.unregister(name)
 
 
+def run_state(run_dir: Path) -> dict:
+    """What the last checkpoint holds for the run in ``run_dir`` (a seed's lives in its group's checkpoint)."""
+    import torch
+
+    if (run_dir / "checkpoints" / "last.pt").is_file():
+        return torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["runs"][0]
+    group = torch.load(run_dir.parent / "checkpoints" / "last.pt", weights_only=True)
+    return group["runs"][group["config"]["seeds"].index(int(run_dir.name.removeprefix("seed_")))]
+
+
+def run_weights(run_dir: Path) -> dict:
+    """The model weights of the run in ``run_dir`` at its last checkpoint."""
+    return run_state(run_dir)["agent"]["model"]
+
+
 def readme_snippet(heading: str) -> str:
     """The first ```python block after ``heading`` in the README (tests run exactly what it shows)."""
     text = (Path(__file__).parents[1] / "README.md").read_text()

@@ -4,6 +4,8 @@ are skipped without one (this lab's CI machine has none; run them where one is).
 import pytest
 import torch
 
+from conftest import run_weights
+
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 BASE = ["wandb.enabled=false", "progress=off", "agent.hidden=[64,32]", "stream.num_tasks=3",
@@ -24,7 +26,7 @@ def test_off_the_gpu_the_step_is_not_wrapped():
 
 
 def _weights(path):
-    return torch.load(path / "checkpoints/last.pt", weights_only=False, map_location="cpu")["agent"]["model"]
+    return {k: v.cpu() for k, v in run_weights(path).items()}
 
 
 @cuda

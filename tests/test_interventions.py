@@ -268,7 +268,7 @@ def test_combined_interventions_from_config(tiny_run):
     assert s["interventions"] == ["cbp", "l2", "shrink_perturb"] and s["tasks_trained"] == 3
     from plasticity_lab.registry import ConfigError
     with pytest.raises(ConfigError, match="util_type"):
-        tiny_run("interventions=[cbp]", "interventions.cbp.util_type=best")
+        tiny_run("interventions=[cbp]", "interventions.cbp.util_type=best", out="bad")
 
 
 RESET_PLUGIN = readme_snippet("### Add an intervention")

@@ -67,10 +67,11 @@ def test_eval_window_and_cadence(tiny_run):
     assert R[4][3] is not None and R[4][2] is None  # the last task is always evaluated
 
 
-def test_nan_loss_stops_with_message_and_keeps_checkpoint(tiny_run, tmp_path, register_for_test):
+def test_nan_loss_stops_with_message_and_the_advice_is_followable(tiny_run, compose, tmp_path, register_for_test):
     from dataclasses import dataclass
 
     from plasticity_lab.agents.interventions import Intervention, interventions
+    from plasticity_lab.lab.loop import run
 
     @dataclass
     class Poison(Intervention):
@@ -84,21 +85,35 @@ def test_nan_loss_stops_with_message_and_keeps_checkpoint(tiny_run, tmp_path, re
                     agent.model.layers[0].weight.fill_(float("inf"))
 
     register_for_test(interventions, "poison_for_test", Poison)
-    with pytest.raises(NonFiniteLoss, match=r"task 2\).*end of task 1.*agent.optimizer.lr"):
+    with pytest.raises(NonFiniteLoss, match=r"task 2\).*last checkpoint.*lab resume \S+run agent.optimizer.lr=0.01$"):
         tiny_run("interventions=[poison_for_test]", "stream.num_tasks=4")
     out = tmp_path / "run"
-    ckpt = torch.load(out / "checkpoints" / "last.pt", weights_only=False)
-    assert ckpt["next_task"] == 2
-    assert all(torch.isfinite(v).all() for v in ckpt["agent"]["model"].values())
-    assert len(ckpt["results"]["online_accuracy"]) == 2
+    ckpt = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
+    assert ckpt["next_task"] == 2 and ckpt["position"] is None
+    assert all(torch.isfinite(v).all() for v in ckpt["runs"][0]["agent"]["model"].values())
+    assert len(ckpt["runs"][0]["results"]["online_accuracy"]) == 2
     lines = (out / "metrics.jsonl").read_text().splitlines()
     assert all(json.loads(line) for line in lines)  # nothing half-written
+    # the advice, followed (the poison moved out of the way on purpose too): the run finishes with lr 0.01
+    from plasticity_lab.lab.resume import with_overrides
+    from omegaconf import OmegaConf
+
+    cfg, keys = with_overrides(OmegaConf.load(out / "config.yaml"), ["agent.optimizer.lr=0.01",
+                                                                     "interventions.poison_for_test.at=99"])
+    (summary,) = run(cfg, out, resume=True, requested=keys)
+    assert summary["tasks_trained"] == 4
+    assert summary["resumes"] == [{"at_task": 2, "step": 32, "changes": {"agent.optimizer.lr": [0.1, 0.01],
+                                                                         "interventions.poison_for_test.at": [2, 99]}}]
+    final = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
+    assert final["runs"][0]["agent"]["optimizer"]["param_groups"][0]["lr"] == 0.01  # it reached the optimizer
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["resume/agent.optimizer.lr"] for r in records if "resume/agent.optimizer.lr" in r] == [0.01]
 
 
 def test_runs_started_together_get_their_own_directories(tmp_path):
     from concurrent.futures import ThreadPoolExecutor
 
-    from plasticity_lab.lab.runner import claim_dir
+    from plasticity_lab.lab.group import claim_dir
 
     with ThreadPoolExecutor(8) as pool:
         dirs = list(pool.map(lambda _: claim_dir(tmp_path / "runs" / "20261125-120000"), range(8)))

@@ -1,0 +1,54 @@
+"""Stopping a run on request: SIGTERM, SIGINT (Ctrl-C) and SIGUSR1 (what
+SLURM sends before a time limit or a preemption; submitit's SIGUSR2 too).
+
+The first signal only sets a flag. The training loop reads it after each
+step (one attribute read), finishes the step, writes a checkpoint of where
+it is (mid-task: the batch it stopped at) and ends with :class:`Stopped`, which
+the command line turns into one line and exit status ``EXIT_STOPPED``. A
+second Ctrl-C stops at once; the last checkpoint written is still there to
+resume from.
+"""
+from __future__ import annotations
+
+import signal
+import threading
+from types import FrameType
+from typing import Any
+
+EXIT_STOPPED = 75
+"""Exit status of a run stopped by a signal with its checkpoint written (sysexits' EX_TEMPFAIL: try again)."""
+
+SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2)
+
+
+class Stopped(Exception):
+    """A run stopped on request, checkpointed; the message says where and how to resume."""
+
+
+class StopRequest:
+    """The flag the signals set (``signum``), with the handlers it replaced kept for :meth:`restore`."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def install(self) -> "StopRequest":
+        """Handle the stop signals (from the main thread only: Python delivers signals there)."""
+        if threading.current_thread() is threading.main_thread():
+            for sig in SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.signum is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C: at once
+        self.signum = signum
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.signum).name if self.signum is not None else ""
