@@ -157,6 +157,13 @@ class MLP(nn.Module):
         return self.layers[-1](x)
 
 
+def mlp_parameters(spec: NetworkSpec) -> int:
+    """How many weights and biases ``mlp(spec)`` has, without building it."""
+    sizes_in = [int(math.prod(spec.input_shape))] + [w * width_factor(spec.activation) for w in spec.hidden]
+    sizes_out = [*spec.hidden, spec.output_size]
+    return sum(i * o + (o if spec.bias else 0) for i, o in zip(sizes_in, sizes_out))
+
+
 @networks.register("mlp")
 def mlp(spec: NetworkSpec) -> MLP:
     """Dohare et al.'s MLP (the input flattened)."""

@@ -3,6 +3,7 @@ lab's own in the same interface (``upgd``)."""
 from __future__ import annotations
 
 import inspect
+import math
 from typing import Any, Iterable
 
 import torch
@@ -37,8 +38,8 @@ def make_optimizer(params: Iterable[torch.nn.Parameter], name: str, lr: float, *
     optimizer does not take (listing those it does).
     """
     cls = optimizer_class(name)
-    if not isinstance(lr, (int, float)) or isinstance(lr, bool) or not lr > 0:
-        raise ConfigError("agent.optimizer.lr", lr, "a positive number")
+    if not isinstance(lr, (int, float)) or isinstance(lr, bool) or not 0 < lr < math.inf:
+        raise ConfigError("agent.optimizer.lr", lr, "a positive, finite number")
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
     valid = [p for p in inspect.signature(cls).parameters if p not in ("params", "lr")]
     for key, value in kwargs.items():

@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from plasticity_lab.agents import Agent, interventions, networks
 from plasticity_lab.agents.hooks import HookPlan
 from plasticity_lab.agents.interventions import Intervention
-from plasticity_lab.agents.networks import NetworkSpec
+from plasticity_lab.agents.networks import NetworkSpec, mlp_parameters
 from plasticity_lab.agents.optimizers import make_optimizer
 from plasticity_lab.metrics.tracker import Tracker
 from plasticity_lab.registry import ConfigError
@@ -62,6 +62,8 @@ def build_agent(cfg: DictConfig, stream: Stream, device: torch.device) -> Agent:
         raise ConfigError("agent.loss", "mse", f"cross_entropy (stream {stream.name} has class labels)")
     spec = NetworkSpec(tuple(stream.input_shape), stream.output_size, list(cfg.agent.hidden), name, act, cfg.agent.bias,
                        cfg.agent.layer_norm, list(cfg.agent.channels))
+    if cfg.agent.network == "mlp":
+        check_memory(cfg, mlp_parameters(spec), device)
     net = networks.get(cfg.agent.network)(spec).to(device)
     opt = as_dict(cfg.agent.optimizer)
     optimizer = make_optimizer(net.parameters(), opt.pop("name"), opt.pop("lr"), **opt)
@@ -73,6 +75,34 @@ def build_agent(cfg: DictConfig, stream: Stream, device: torch.device) -> Agent:
     if cfg.agent.kind != "native":
         raise ConfigError("agent.kind", cfg.agent.kind, ("native", "avalanche"))
     return Agent(net, optimizer, loss=cfg.agent.loss)
+
+
+def check_memory(cfg: DictConfig, parameters: int, device: torch.device) -> None:
+    """Refuse a network whose weights, gradients and optimizer state cannot fit
+    the memory the device has free (before allocating it, which would crash)."""
+    states = {"sgd": 1 if cfg.agent.optimizer.get("momentum") else 0, "adam": 2, "adamw": 2, "adagrad": 1,
+              "rmsprop": 1}.get(str(cfg.agent.optimizer.name).lower(), 2)
+    seeds = len(cfg.seeds) if cfg.get("seeds") else 1
+    need = parameters * 4 * (2 + states) * seeds
+    free = available_memory(device)
+    if free is not None and need > free:
+        raise ConfigError("agent.hidden", list(cfg.agent.hidden),
+                          f"a network that fits: {parameters:,} weights need about {need / 2**30:.1f} GiB "
+                          f"(weights, gradients, optimizer state{f', {seeds} seeds' if seeds > 1 else ''}); "
+                          f"{device.type} memory free: {free / 2**30:.1f} GiB")
+
+
+def available_memory(device: torch.device) -> int | None:
+    """Free bytes on ``device`` (a GPU's, or the host's MemAvailable), None when unknown."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        for line in open("/proc/meminfo"):
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
 
 
 def build_interventions(cfg: DictConfig) -> list[Intervention]:
@@ -100,24 +130,24 @@ def build_tracker(cfg: DictConfig) -> Tracker | None:
         raise ConfigError("metrics", params, str(err)) from None
 
 
-def use_fast_path(cfg: DictConfig, agent: Agent, plan: HookPlan) -> Agent:
+def use_fast_path(cfg: DictConfig, agent: Agent, plan: HookPlan) -> tuple[Agent, str | None]:
     """The fused-step agent (agents/fused.py) when ``train.fast`` allows and the
-    run qualifies; with ``auto``, a run that does not qualify says once why."""
+    run qualifies; with ``auto``, also the line saying why a run that does not
+    qualify trains with autograd (said once the run is sure to start)."""
     from plasticity_lab.agents.fused import FusedAgent, fused_reason
 
     mode = str(cfg.train.fast).lower()
     if mode not in ("auto", "true", "false"):
         raise ConfigError("train.fast", cfg.train.fast, ("auto", "true", "false"))
     if mode == "false" or cfg.agent.kind != "native":
-        return agent
+        return agent, None
     reason = fused_reason(agent, plan)
     if reason is None:
         return FusedAgent.for_plan(agent, plan, cfg.train.batch_size, cfg.train.deferred_updates,
-                                   bool(cfg.train.cuda_graphs))
+                                   bool(cfg.train.cuda_graphs)), None
     if mode == "true":
         raise ConfigError("train.fast", True, f"a run the fused path supports; this one has {reason}")
-    say_once(f"training with autograd: the fused SGD path does not take {reason} (train.fast=auto)")
-    return agent
+    return agent, f"training with autograd: the fused SGD path does not take {reason} (train.fast=auto)"
 
 
 _said: set[str] = set()
@@ -130,9 +160,18 @@ def say_once(message: str) -> None:
         print(f"lab: {message}", file=sys.stderr, flush=True)
 
 
+SEED_LIMIT = 2**63
+"""Seeds are int64 (torch's generator); numpy's SeedSequence takes any non-negative one below it too."""
+
+
 def check_train(cfg: DictConfig) -> None:
-    """Validate the ``train`` section (positive sizes and cadences)."""
+    """Validate the run-wide keys: the seed, the ``train`` section (positive
+    sizes and cadences, threads), progress and W&B mode."""
+    if not isinstance(cfg.seed, int) or not 0 <= cfg.seed < SEED_LIMIT:
+        raise ConfigError("seed", cfg.seed, "an integer in 0..2**63-1")
     t = cfg.train
+    if t.threads is not None and (not isinstance(t.threads, int) or t.threads < 1):
+        raise ConfigError("train.threads", t.threads, "a positive number of threads, or null (PyTorch's default)")
     for key in ("batch_size", "epochs", "eval_every", "log_every"):
         if t[key] < 1:
             raise ConfigError(f"train.{key}", t[key], "a positive integer")

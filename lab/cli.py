@@ -98,7 +98,7 @@ def _train(cfg: Any, out_dir: Any = None, resume: bool = False, requested: list[
     """One run, or with ``seeds=[...]`` every seed vectorised in this process (lab/seeds.py)."""
     from plasticity_lab.lab.loop import run
     from plasticity_lab.lab.runner import NonFiniteLoss
-    from plasticity_lab.lab.stop import EXIT_STOPPED, Stopped
+    from plasticity_lab.lab.stop import Stopped
 
     try:
         summaries = run(cfg, out_dir, resume=resume, requested=requested)
@@ -107,7 +107,7 @@ def _train(cfg: Any, out_dir: Any = None, resume: bool = False, requested: list[
         return EXIT_NONFINITE
     except Stopped as stopped:
         print(f"lab: {stopped}", file=sys.stderr)
-        return EXIT_STOPPED
+        return stopped.status
     if len(summaries) == 1:
         _print_summary(summaries[0])
     else:

@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import math
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from plasticity_lab.lab.rundir import is_finished, status
 from plasticity_lab.metrics.catalog import MetricFacts, facts_from, shown
 from plasticity_lab.registry import ConfigError
 
@@ -77,15 +79,26 @@ def _short(key: str) -> str:
 
 
 def load_runs(dirs: list[Path]) -> list[Run]:
-    """Every finished run (a folder with summary.json) at or under ``dirs``."""
+    """Every finished run at or under ``dirs`` (a run directory holds
+    metrics.jsonl; it has finished when it holds finished.json). An unfinished
+    run among others is left out with one line on stderr saying where it
+    stopped; a directory with no finished run is a ConfigError saying what is missing."""
     runs = []
-    for d in dirs:
-        found = sorted(Path(d).rglob("summary.json"))
+    for d in map(Path, dirs):
+        found = sorted({p.parent for p in d.rglob("metrics.jsonl")})
         if not found:
-            raise ConfigError("run_dir", str(d), "a run directory (or a folder of them) holding summary.json")
-        for path in found:
-            config = yaml.safe_load((path.parent / "config.yaml").read_text()) if (path.parent / "config.yaml").exists() else {}
-            runs.append(Run(path.parent, json.loads(path.read_text()), config))
+            raise ConfigError("run_dir", str(d), "a run directory (or a folder of them): this one holds no metrics.jsonl"
+                              + ("" if d.exists() else " (it does not exist)"))
+        finished = [p for p in found if is_finished(p) and (p / "summary.json").is_file()]
+        for p in sorted(set(found) - set(finished)):
+            if len(found) > 1:
+                print(f"lab: left out {p}: {status(p)} (lab resume it to finish it)", file=sys.stderr)
+        if not finished:
+            raise ConfigError("run_dir", str(d), f"a finished run; {'its runs are' if len(found) > 1 else 'it is'} "
+                              f"{status(found[0])}: lab resume {found[0] if len(found) == 1 else d} to finish")
+        for p in finished:
+            config = yaml.safe_load((p / "config.yaml").read_text()) if (p / "config.yaml").exists() else {}
+            runs.append(Run(p, json.loads((p / "summary.json").read_text()), config))
     return runs
 
 

@@ -165,6 +165,7 @@ def compose_config(overrides: list[str]) -> DictConfig:
     Loads plug-ins first, then composes; any composition problem becomes a
     ConfigError naming the key, the value and the valid choices.
     """
+    check_overrides(overrides)
     load_plugins(plugin_modules(overrides))
     register_config_nodes()
     overrides = [strategy_choice(o) for o in overrides]
@@ -175,6 +176,20 @@ def compose_config(overrides: list[str]) -> DictConfig:
         raise _readable(err, overrides) from None
     OmegaConf.resolve(cfg)
     return cfg
+
+
+def check_overrides(overrides: list[str]) -> None:
+    """Each override is ``key=value`` (or Hydra's ``~key``), and no key comes
+    twice (the last would silently win)."""
+    seen: dict[str, str] = {}
+    for o in overrides:
+        key, sep, value = o.partition("=")
+        name = key.lstrip("+~")
+        if not re.fullmatch(r"[A-Za-z_][\w.\-/@]*", name) or not (sep or key.startswith("~")):
+            raise ConfigError("override", o, "key=value, e.g. agent.optimizer.lr=0.01 (a key, then =, then the value)")
+        if name in seen:
+            raise ConfigError(name, [seen[name], value], "one value (it was given twice)")
+        seen[name] = value
 
 
 def strategy_choice(override: str) -> str:

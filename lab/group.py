@@ -13,6 +13,7 @@ written atomically, so a group killed at any moment resumes as a group.
 from __future__ import annotations
 
 import shutil
+import sys
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -22,8 +23,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from plasticity_lab.agents.fused import FusedAgent, fused_reason
 from plasticity_lab.lab import checkpoint
+from plasticity_lab.lab.build import say_once
 from plasticity_lab.lab.resume import check
-from plasticity_lab.lab.rundir import CONFIG, RunDirLock, fingerprint, is_finished, unfinish, write_atomic
+from plasticity_lab.lab.rundir import CONFIG, RunDirLock, fingerprint, is_finished, unfinish, write_atomic, write_progress
 from plasticity_lab.lab.runner import BuiltRun, RunContext, build_run, emit_record, open_run, run_state
 from plasticity_lab.lab.seeds import SeedGenerators, check_seeds
 from plasticity_lab.lab.sinks import close_all
@@ -59,6 +61,8 @@ class RunGroup:
             "format": FORMAT, "config": config, "fingerprint": fingerprint(config), "next_task": next_task,
             "position": position, "resumes": self.resumes, "runs": runs,
         })
+        write_progress(self.out, {"next_task": next_task, "num_tasks": self.ctxs[0].stream.num_tasks,
+                                  "step": self.ctxs[0].step, "inside_task": position is not None})
 
     def close(self) -> None:
         for ctx in self.ctxs:
@@ -89,6 +93,8 @@ def open_group(cfg: DictConfig, out_dir: str | Path | None = None, resume: bool 
     module docstring); ``requested``: the keys a ``lab resume`` changes on purpose."""
     seeds = check_seeds(cfg.seeds) if cfg.get("seeds") is not None else None
     built, states = _build(cfg, seeds)  # every input checked before anything is written
+    if built[0].note:
+        say_once(built[0].note)
     out = Path(out_dir or cfg.out_dir or default_out_dir(cfg))
     existed = out.exists()
     lock = RunDirLock(out).acquire()
@@ -102,6 +108,10 @@ def open_group(cfg: DictConfig, out_dir: str | Path | None = None, resume: bool 
         raise
     if changes:
         _record_changes(group, changes)
+    if ckpt is not None:
+        where = "inside it" if group.position else "at its start"
+        print(f"lab: resuming {out} at task {group.next_task + 1}/{group.ctxs[0].stream.num_tasks} ({where})",
+              file=sys.stderr, flush=True)
     return group
 
 

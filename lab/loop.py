@@ -117,7 +117,7 @@ def train(group: RunGroup, stop: StopRequest) -> list[dict[str, Any]]:
     sizes = task_examples(ctxs[0], first)
     progress = Progress(stream.num_tasks, [n * len(ctxs) for n in sizes], first, cfg.progress, progress_metric(stream))
     quiet = Progress(stream.num_tasks, sizes, first, "off")
-    t_start = time.perf_counter()
+    t_start, k = time.perf_counter(), first
     try:
         for k in range(first, stream.num_tasks):
             position, group.position = group.position, None
@@ -147,6 +147,9 @@ def train(group: RunGroup, stop: StopRequest) -> list[dict[str, Any]]:
         if at.position is not None:
             group.save(at.task, at.position)
         raise _stopped(group, at.task, stop) from None
+    except KeyboardInterrupt:  # a second Ctrl-C: no new checkpoint, the last one stands
+        raise Stopped(f"interrupted at once in task {k + 1}/{stream.num_tasks}; the last checkpoint is kept; "
+                      f"resume with: lab resume {group.out}", status=130) from None
     finally:
         progress.close()
 

@@ -66,6 +66,27 @@ def write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+PROGRESS = "checkpoints/progress.json"
+
+
+def write_progress(directory: Path, progress: dict[str, Any]) -> None:
+    """Where the last checkpoint is (next task, tasks, step), readable without loading it."""
+    write_atomic(directory / PROGRESS, json.dumps(progress))
+
+
+def status(run_dir: Path) -> str:
+    """What a run directory holds, in words: finished, stopped at task k/N, started, or nothing."""
+    if is_finished(run_dir):
+        return "finished"
+    for home in (run_dir, run_dir.parent):  # a seed's checkpoint is its group's
+        try:
+            p = json.loads((home / PROGRESS).read_text())
+        except (OSError, ValueError):
+            continue
+        return f"stopped at task {p['next_task'] + 1}/{p['num_tasks']}{' (inside it)' if p['inside_task'] else ''}"
+    return "started, no checkpoint yet" if (run_dir / CONFIG).is_file() else "no run"
+
+
 def is_finished(directory: Path) -> bool:
     return (directory / FINISHED).is_file()
 

@@ -79,6 +79,7 @@ class BuiltRun:
     tracker: Tracker | None
     hooks: HookPlan
     device: torch.device
+    note: str | None = None
 
 
 def task_examples(ctx: RunContext, first: int) -> list[int]:
@@ -107,10 +108,10 @@ def build_run(cfg: DictConfig) -> BuiltRun:
     ivs = build_interventions(cfg)
     tracker = build_tracker(cfg)
     hooks = plan_hooks(([tracker] if tracker else []) + ivs)
-    agent = use_fast_path(cfg, agent, hooks)
+    agent, note = use_fast_path(cfg, agent, hooks)
     if not isinstance(agent, FusedAgent):  # the fused agent folds weight-decay penalties into its step instead
         agent.penalties = list(hooks.penalty)
-    return BuiltRun(cfg, stream, agent, ivs, tracker, hooks, device)
+    return BuiltRun(cfg, stream, agent, ivs, tracker, hooks, device, note)
 
 
 def open_run(built: BuiltRun, out: Path, home: Path, state: dict[str, Any] | None) -> RunContext:

@@ -22,7 +22,13 @@ SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2)
 
 
 class Stopped(Exception):
-    """A run stopped on request, checkpointed; the message says where and how to resume."""
+    """A run stopped on request; the message says where it stopped and how to
+    resume; ``status`` is the exit status (``EXIT_STOPPED``, or 130 when a second
+    Ctrl-C stopped it at once, without a new checkpoint)."""
+
+    def __init__(self, message: str, status: int = EXIT_STOPPED):
+        super().__init__(message)
+        self.status = status
 
 
 class StopRequest:

@@ -19,7 +19,6 @@ Not reproduced: the paper's 450/50 validation split and its early stopping.
 """
 from __future__ import annotations
 
-import pickle
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -29,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from plasticity_lab.registry import ConfigError, DataError
+from plasticity_lab.streams.pickles import load_data_pickle
 from plasticity_lab.streams.stream import EvalSet, Stream, StreamBuilder, stream_builders, task_rng
 from plasticity_lab.streams.task import Task
 
@@ -46,11 +46,7 @@ def _find(root: Path, name: str) -> Path:
 
 def read_split(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
     """Normalised float images (N, 3, 32, 32) and fine labels of one pickle file, validated."""
-    try:
-        with open(path, "rb") as f:
-            d = pickle.load(f, encoding="bytes")
-    except (pickle.UnpicklingError, EOFError, ValueError, OSError) as err:
-        raise DataError(f"{path} is not a readable CIFAR-100 pickle ({type(err).__name__}: {err}); re-extract it") from None
+    d = load_data_pickle(path, "bytes", "CIFAR-100")
     d = {k.decode() if isinstance(k, bytes) else k: v for k, v in d.items()} if isinstance(d, dict) else d
     if not isinstance(d, dict) or "data" not in d or "fine_labels" not in d:
         raise DataError(f"{path}: expected a dict with 'data' and 'fine_labels' (the CIFAR-100 python version)")

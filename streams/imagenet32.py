@@ -18,14 +18,14 @@ memory-mapped arrays, one batch file in memory at a time.
 from __future__ import annotations
 
 import json
-import pickle
 import zipfile
 from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
 
-from plasticity_lab.registry import DataError
+from plasticity_lab.registry import ConfigError, DataError
+from plasticity_lab.streams.pickles import load_data_pickle
 
 SIDE = 32
 ROW = 3 * SIDE * SIDE
@@ -49,16 +49,15 @@ def batch_files(src: Path, train_batches: int = TRAIN_BATCHES) -> dict[str, list
 
 def read_batch(path: Path, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
     """(data uint8 (N, 3072), labels int64 0-based) of one file, validated."""
-    try:
-        if path.suffix == ".npz":
-            with np.load(path) as z:
+    if path.suffix == ".npz":
+        try:
+            with np.load(path) as z:  # allow_pickle=False: arrays only
                 d = {"data": z["data"], "labels": z["labels"]}
-        else:
-            with open(path, "rb") as f:
-                d = pickle.load(f, encoding="latin1")
-    except (pickle.UnpicklingError, EOFError, zipfile.BadZipFile, ValueError, KeyError, OSError) as err:
-        raise DataError(f"{path} is not a readable ImageNet32 batch ({type(err).__name__}: {err}); "
-                        "is it truncated? re-extract it") from None
+        except (zipfile.BadZipFile, ValueError, KeyError, OSError, EOFError) as err:
+            raise DataError(f"{path} is not a readable ImageNet32 batch ({type(err).__name__}: {err}); "
+                            "is it truncated? re-extract it") from None
+    else:
+        d = load_data_pickle(path, "latin1", "ImageNet32 batch")
     if not isinstance(d, dict) or "data" not in d or "labels" not in d:
         raise DataError(f"{path}: expected a dict with 'data' and 'labels', got {type(d).__name__}"
                         + (f" with keys {sorted(d)}" if isinstance(d, dict) else ""))
@@ -79,7 +78,16 @@ def convert(src: str | Path, out: str | Path, num_classes: int = 1000, train_bat
     Refuses partial input (a missing batch file, a class with no images) and
     corrupt files with a DataError naming the file. Returns the metadata written."""
     src, out = Path(src), Path(out)
+    for name, value in (("--num-classes", num_classes), ("--train-batches", train_batches)):
+        if not isinstance(value, int) or value < 1:
+            raise ConfigError(name, value, "a positive integer")
+    if out.exists() and not out.is_dir():
+        raise DataError(f"--out {out} is a file; pass a folder (it is created if missing)")
     files = batch_files(src, train_batches)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise DataError(f"--out {out} cannot be created ({err.strerror}); pass a writable folder") from None
     counts = {split: np.zeros(num_classes, dtype=np.int64) for split in files}
     for split, paths in files.items():
         for i, (path, (_, labels)) in enumerate(_batches(paths, num_classes)):

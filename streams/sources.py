@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from plasticity_lab.registry import ConfigError
+from plasticity_lab.registry import ConfigError, DataError
 from plasticity_lab.streams.idx import find_idx, read_idx
 
 EMBEDDED = "embedded"
@@ -61,13 +61,19 @@ def _idx_directory(root: Path) -> ImageData:
         raise ConfigError("data.root", str(root), "an existing directory of MNIST-format IDX files, or empty for the embedded subset")
     parts = []
     for split in ("train", "t10k"):
-        images = read_idx(find_idx(root, f"{split}-images-idx3-ubyte"))
-        labels = read_idx(find_idx(root, f"{split}-labels-idx1-ubyte"))
+        images_path = find_idx(root, f"{split}-images-idx3-ubyte")
+        labels_path = find_idx(root, f"{split}-labels-idx1-ubyte")
+        images, labels = read_idx(images_path), read_idx(labels_path)
         if images.ndim != 3 or labels.ndim != 1 or images.shape[0] != labels.shape[0]:
             raise ConfigError(
                 "data.root", str(root), f"{split} images of shape (N, H, W) and N labels, found {images.shape} and {labels.shape}"
             )
-        if labels.size and labels.max() > 9:
+        for path, array, what in ((images_path, images, "pixels"), (labels_path, labels, "labels")):
+            if array.dtype != np.uint8:  # MNIST and Fashion-MNIST store both as unsigned bytes (type 0x08)
+                raise DataError(f"{path} holds {array.dtype} {what}; MNIST-format files hold unsigned bytes (IDX type 0x08)")
+        if not len(labels):
+            raise DataError(f"{labels_path} holds no examples; an MNIST-format {split} set has at least one")
+        if labels.max() > 9:
             raise ConfigError("data.root", str(root), f"{split} labels in 0..9, found {int(labels.max())}")
         parts.append(torch.tensor(images.reshape(len(images), -1), dtype=torch.float32) / 255.0)
         parts.append(torch.as_tensor(labels.astype(np.int64)))

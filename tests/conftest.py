@@ -16,11 +16,18 @@ TINY = ["wandb.enabled=false", "progress=off", "agent.hidden=[32]", "stream.num_
         "stream.examples_per_task=256", "train.log_every=8"]
 
 
+def latest(overrides: list[str]) -> list[str]:
+    """``overrides`` with a key given again keeping its last value (tests add to a base list;
+    ``lab run`` itself refuses a key given twice)."""
+    by_key = {o.partition("=")[0]: o for o in overrides}
+    return list(by_key.values())
+
+
 @pytest.fixture
 def compose():
     from plasticity_lab.lab.config import compose_config
 
-    return compose_config
+    return lambda overrides: compose_config(latest(overrides))
 
 
 @pytest.fixture
@@ -30,7 +37,7 @@ def tiny_run(tmp_path):
     from plasticity_lab.lab.loop import run
 
     def go(*overrides: str, out: str = "run", base=TINY):
-        cfg = compose_config([*base, *overrides])
+        cfg = compose_config(latest([*base, *overrides]))
         (summary,) = run(cfg, tmp_path / out)
         return summary
 

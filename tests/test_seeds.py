@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from conftest import run_weights
+from plasticity_lab.lab.stop import Stopped
 from plasticity_lab.registry import ConfigError
 
 BASE = ["wandb.enabled=false", "progress=off", "agent.hidden=[32,16]", "stream.num_tasks=3",
@@ -102,7 +103,7 @@ def test_interrupted_seeds_resume_to_the_same_end(compose, tmp_path, monkeypatch
         return real_end(ctx, task, *a, **kw)
 
     monkeypatch.setattr(loop, "end_task", end_then_die)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(Stopped, match="interrupted at once in task 3/3; the last checkpoint is kept"):
         run(cfg, tmp_path / "cut")
     monkeypatch.setattr(loop, "end_task", real_end)
     run(cfg, tmp_path / "cut", resume=True)

@@ -62,7 +62,7 @@ class ReDo(Intervention):
         self.steps += 1
         if self.steps % self.period:
             return None
-        feats = agent.features(self.probe)
+        feats = agent.features(self.probe.to(agent.model.layers[0].weight.device))
         record = {}
         for layer in agent.model.unit_layers():
             h = per_unit(feats[layer.name], layer.incoming.weight.shape[0])
@@ -72,7 +72,7 @@ class ReDo(Intervention):
         return record
 
     def state_dict(self) -> dict:
-        return {"steps": self.steps}
+        return {"steps": self.steps, "probe": self.probe}
 
     def load_state_dict(self, state: dict) -> None:
-        self.steps = state["steps"]
+        self.steps, self.probe = state["steps"], state["probe"]
