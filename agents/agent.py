@@ -130,6 +130,10 @@ class Agent:
     def state_dict(self) -> dict:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
 
+    def checkpoint_state(self) -> dict:
+        """What a checkpoint keeps of the agent (its state_dict; the fused agent adds its deferred updates)."""
+        return self.state_dict()
+
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])

@@ -108,6 +108,7 @@ class FusedAgent(Agent):
         self.cuda_graphs = cuda_graphs
         self._stepper: Any = None
         self._stack: StackedStep | None = None  # built at the first step, or by the vectorised seeds' group
+        self.restored_pending: dict | None = None  # a checkpoint's deferred updates, for the next stack built
 
     @classmethod
     def for_plan(cls, agent: Agent, plan: HookPlan, batch_size: int, deferred_updates: int,
@@ -139,9 +140,19 @@ class FusedAgent(Agent):
         self.flush_updates()
         return super().state_dict()
 
+    def checkpoint_state(self) -> dict:
+        """The weights as stored and the updates still deferred (agents/pending.py),
+        unapplied: a run resumed from them computes exactly what it would have."""
+        state = super().state_dict()
+        if self._stack is not None:
+            state["pending"] = self._stack.pending_state(self._stack.agents.index(self))
+        return state
+
     def load_state_dict(self, state: dict) -> None:
+        """From ``state_dict`` or ``checkpoint_state`` (its deferred updates reach the next stack built)."""
         self.flush_updates()
         super().load_state_dict(state)
+        self.restored_pending = state.get("pending")
 
     def stepper(self) -> Any:
         """This agent's step as a stack of one (graphed on a GPU), built once."""

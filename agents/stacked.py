@@ -64,6 +64,10 @@ class StackedStep:
                     a.model.layers[i].bias.data = self.biases[-1][n]
         defer = first.deferred_updates
         self.pending = PendingUpdates.for_weights(self.weights, defer) if defer else None
+        for n, a in enumerate(agents):  # a resumed agent's pending corrections, as its checkpoint kept them
+            if a.restored_pending is not None:
+                self.restore_pending(n, a.restored_pending)
+                a.restored_pending = None
         self.abs_sums = ([(w.new_zeros(w.shape[:2]), w.new_zeros(w.shape[0], w.shape[2])) for w in self.weights]
                          if first.weight_abs_sums else None)
 
@@ -84,6 +88,28 @@ class StackedStep:
         """Apply the deferred updates (agents/pending.py), if any, to the weights."""
         if self.pending is not None:
             self.pending.flush(self.weights)
+
+    def pending_state(self, i: int) -> dict | None:
+        """Seed i's deferred updates as they stand (None when nothing is pending):
+        a checkpoint keeps them beside the stored weights, so a resumed run
+        continues the same arithmetic instead of applying them early."""
+        p = self.pending
+        if p is None or (p.count == 0 and p.scale == 1.0):
+            return None
+        return {"count": p.count, "scale": p.scale, "us": [u[i].clone() for u in p.us], "vs": [v[i].clone() for v in p.vs]}
+
+    def restore_pending(self, i: int, state: dict) -> None:
+        """Seed i's deferred updates from :meth:`pending_state`; where this step
+        defers differently (another capacity, or none) they are applied to the weights."""
+        p = self.pending
+        if p is None or p.capacity != state["us"][0].shape[1]:
+            for w, u, v in zip(self.weights, state["us"], state["vs"]):
+                w[i].addmm_(u.to(w.device), v.to(w.device).t(), beta=state["scale"], alpha=-state["scale"])
+            return
+        p.count, p.scale = state["count"], state["scale"]
+        for u, v, su, sv in zip(p.us, p.vs, state["us"], state["vs"]):
+            u[i].copy_(su)
+            v[i].copy_(sv)
 
     @torch.no_grad()
     def step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,

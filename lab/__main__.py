@@ -1,3 +1,3 @@
-from plasticity_lab.lab.cli import main
+from plasticity_lab.lab.cli import entry
 
-raise SystemExit(main())
+entry()

@@ -77,9 +77,12 @@ def save(directory: Path, payload: dict[str, Any]) -> Path:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except OSError as err:
+    except (OSError, RuntimeError) as err:  # torch.save reports a failed write as RuntimeError, the OSError within
+        cause = err if isinstance(err, OSError) else err.__context__
+        if not isinstance(cause, OSError):
+            raise
         tmp.unlink(missing_ok=True)
-        raise DataError(f"could not write the checkpoint {path} ({err.strerror or err}); the previous checkpoint "
+        raise DataError(f"could not write the checkpoint {path} ({cause.strerror or cause}); the previous checkpoint "
                         "is kept: free space or make the folder writable, then lab resume") from None
     return path
 

@@ -21,6 +21,15 @@ from plasticity_lab.registry import ConfigError
 EXIT_BAD_INPUT, EXIT_NONFINITE = 2, 3
 
 
+def entry() -> None:
+    """The ``lab`` command (and ``python -m plasticity_lab.lab``): a process of its own,
+    with its own W&B service. A W&B service inherited from a parent process
+    (``WANDB_SERVICE``) would hold the runs of every lab process it served, so a
+    killed run's id would stay "in use" there and its resume could not reopen it."""
+    os.environ.pop("WANDB_SERVICE", None)
+    raise SystemExit(main())
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="lab", description="plasticity-lab: continual-learning and loss-of-plasticity experiments")

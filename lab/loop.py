@@ -54,9 +54,6 @@ class AgentStep:
     def flush(self) -> None:
         self.agent.flush_updates()
 
-    def can_stop(self, batch: int) -> bool:
-        return True
-
 
 class StackStep:
     """The fused step of N stacked agents (agents/stacked.py, graphed on a GPU)."""
@@ -70,13 +67,6 @@ class StackStep:
 
     def flush(self) -> None:
         self.stack.flush()
-
-    def can_stop(self, batch: int) -> bool:
-        """Whether a checkpoint now computes what the run alone would: no
-        update is deferred, or the next step of ``batch`` examples would apply
-        them first anyway (so the stop changes no rounding)."""
-        pending = self.stack.pending
-        return pending is None or pending.count + batch > pending.capacity
 
 
 def group_step(ctxs: list[RunContext]) -> AgentStep | StackStep:
@@ -185,8 +175,7 @@ def train_task(ctxs: list[RunContext], tasks: list[Task], step: AgentStep | Stac
     """The hot loop: every run's epochs over its task, one group step per
     batch, from ``position`` (where a stopped group left the task) or the
     start. Returns each run's (correct, summed loss, examples), read once;
-    raises StopAt after the step a stop was requested in (at the next step
-    that holds no deferred update)."""
+    raises StopAt after the step a stop was requested in."""
     cfg, device = ctxs[0].cfg, ctxs[0].device
     bs, log_every, augment = cfg.train.batch_size, cfg.train.log_every, ctxs[0].stream.augment
     n, epochs = tasks[0].num_train, cfg.train.epochs
@@ -217,10 +206,9 @@ def train_task(ctxs: list[RunContext], tasks: list[Task], step: AgentStep | Stac
             seen += yb.shape[1]
             if ctxs[0].step % log_every == 0:
                 read = _log_windows(ctxs, tasks, correct, loss_sum, seen, read, progress)
-            if stop.signum is not None and step.can_stop(bs):
+            if stop.signum is not None:
                 nxt = (epoch, i + bs) if i + bs < n else (epoch + 1, 0)
                 if nxt[0] < epochs:
-                    step.flush()
                     raise StopAt(tasks[0].id, {
                         "epoch": nxt[0], "batch": nxt[1], "seen": seen, "correct": correct.tolist(),
                         "loss": loss_sum.tolist(), "read": [read[0], read[1], read[2]],

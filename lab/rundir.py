@@ -83,6 +83,8 @@ def status(run_dir: Path) -> str:
             p = json.loads((home / PROGRESS).read_text())
         except (OSError, ValueError):
             continue
+        if p["next_task"] >= p["num_tasks"]:
+            return f"stopped while finishing (all {p['num_tasks']} tasks trained)"
         return f"stopped at task {p['next_task'] + 1}/{p['num_tasks']}{' (inside it)' if p['inside_task'] else ''}"
     return "started, no checkpoint yet" if (run_dir / CONFIG).is_file() else "no run"
 

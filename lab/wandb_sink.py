@@ -56,9 +56,10 @@ class WandbSink:
     history to the checkpoint's step (W&B's ``resume_from``), so what the
     killed process logged after its checkpoint is replaced, not doubled; where
     the server does not rewind, it resumes with ``resume="allow"``. Offline,
-    each process writes a segment and a killed one may lose what it had not
-    flushed, so a resumed run rebuilds its offline run from metrics.jsonl when
-    it finishes (:meth:`consolidate`), one complete history to ``wandb sync``."""
+    each process would write a segment and a killed one may lose what it had
+    not flushed, so a resumed offline run logs nothing live: when it finishes
+    its offline run is written whole from metrics.jsonl (:meth:`consolidate`),
+    one complete history for ``wandb sync``."""
 
     essential = False
 
@@ -71,9 +72,10 @@ class WandbSink:
         self._wandb = wandb
         self.out_dir = out_dir
         self.settings = init_settings(out_dir, config)
-        self.run = self._init(run_id, resume_step)
-        self.run_id = self.run.id
-        self.dir = Path(self.run.dir).parent
+        self.deferred = resume_step is not None and self.mode == "offline"
+        self.run = None if self.deferred else self._init(run_id, resume_step)
+        self.run_id = run_id if self.run is None else self.run.id
+        self.dir = None if self.run is None else Path(self.run.dir).parent
 
     def _init(self, run_id: str | None, resume_step: int | None) -> Any:
         wandb = self._wandb
@@ -90,29 +92,33 @@ class WandbSink:
             return wandb.init(mode="offline", **kwargs)
 
     def write(self, record: dict[str, Any]) -> None:
-        data = {k: plain(v) for k, v in record.items() if k != "step"}
-        self.run.log(data, step=int(record["step"]))
+        if self.run is not None:
+            data = {k: plain(v) for k, v in record.items() if k != "step"}
+            self.run.log(data, step=int(record["step"]))
 
     def log_matrix(self, rows: list[list[Any]], heatmap: Path) -> None:
         """The accuracy matrix as a W&B table (after_task, task, accuracy) and its heatmap image."""
-        log_matrix(self._wandb, self.run, rows, heatmap)
+        if self.run is not None:
+            log_matrix(self._wandb, self.run, rows, heatmap)
 
     def stopping(self) -> None:
         """The run stops to be resumed (a signal): W&B marks it preempted, not finished."""
-        self.run.mark_preempting()
+        if self.run is not None:
+            self.run.mark_preempting()
 
     def close(self) -> None:
-        self.run.finish()
+        if self.run is not None:
+            self.run.finish()
 
     def consolidate(self, records: Path) -> str | None:
-        """Offline: this run's W&B history rebuilt from ``records`` (metrics.jsonl)
-        in place of its segments; returns the sync hint (None online)."""
+        """Offline: this run's W&B history written whole from ``records``
+        (metrics.jsonl) in place of its segments; returns the sync hint (None online)."""
         if self.mode != "offline":
             return None
         return rebuild_offline(self.out_dir, self.run_id, self.settings, records)
 
     def sync_hint(self) -> str | None:
-        return f"wandb sync {self.dir}" if self.mode == "offline" else None
+        return f"wandb sync {self.dir}" if self.mode == "offline" and self.dir is not None else None
 
 
 def init_settings(out_dir: Path, config: dict[str, Any]) -> dict[str, Any]:
@@ -123,7 +129,9 @@ def init_settings(out_dir: Path, config: dict[str, Any]) -> dict[str, Any]:
     return dict(project=w["project"], entity=w["entity"], group=w["group"] or config["experiment"],
                 name=w["name"] or f"{config['experiment']}-s{config['seed']}", tags=list(w["tags"]) or None,
                 job_type=w["job_type"], config=config, dir=str(out_dir),
-                settings=wandb.Settings(init_timeout=30, silent=True, console="off"))
+                # create_new: vectorised seeds hold one W&B run each in one process (the default hands
+                # a second init the first run back)
+                settings=wandb.Settings(init_timeout=30, silent=True, console="off", reinit="create_new"))
 
 
 def log_matrix(wandb: Any, run: Any, rows: list[list[Any]], heatmap: Path) -> None:

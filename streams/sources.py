@@ -70,7 +70,7 @@ def _idx_directory(root: Path) -> ImageData:
             )
         for path, array, what in ((images_path, images, "pixels"), (labels_path, labels, "labels")):
             if array.dtype != np.uint8:  # MNIST and Fashion-MNIST store both as unsigned bytes (type 0x08)
-                raise DataError(f"{path} holds {array.dtype} {what}; MNIST-format files hold unsigned bytes (IDX type 0x08)")
+                raise DataError(f"{path} holds {array.dtype.name} {what}; MNIST-format files hold unsigned bytes (IDX type 0x08)")
         if not len(labels):
             raise DataError(f"{labels_path} holds no examples; an MNIST-format {split} set has at least one")
         if labels.max() > 9:

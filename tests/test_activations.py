@@ -150,7 +150,7 @@ def test_bad_activation_parameters_are_named():
 PLUGIN = readme_snippet("### Add an activation")
 
 
-def test_readme_activation_trains_on_the_fused_path_from_its_own_file(tmp_path):
+def test_readme_activation_trains_on_the_fused_path_from_its_own_file(tmp_path, capsys):
     """The README's plug-in (one file, with its derivative) runs on the fused SGD
     path and agrees with the same run on autograd; it stays out of other runs."""
     (tmp_path / "my_acts.py").write_text(PLUGIN)
@@ -166,10 +166,12 @@ def test_readme_activation_trains_on_the_fused_path_from_its_own_file(tmp_path):
     # the registered derivative gives autograd's update: float32 rounding apart, the same losses
     assert fast["online_loss"] == pytest.approx(slow["online_loss"], rel=1e-4)
     assert "p: 1.5" in (tmp_path / "fused" / "config.yaml").read_text()
-    listed = subprocess.run([sys.executable, "-m", "plasticity_lab.lab", "list"], cwd=tmp_path, capture_output=True,
-                            text=True)
-    assert listed.returncode == 0, listed.stderr
-    assert "relu" in listed.stdout and "mine" not in listed.stdout  # only where it is asked for
+    from plasticity_lab.lab.cli import main
+
+    capsys.readouterr()
+    assert main(["list"]) == 0
+    listed = capsys.readouterr().out
+    assert "relu" in listed and "mine" not in listed  # registered only where it is asked for
 
 
 def test_user_activation_from_an_installed_entry_point(tmp_path, monkeypatch):

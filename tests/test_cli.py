@@ -27,6 +27,17 @@ QUIET = ["wandb.enabled=false", "progress=off"]
     (["data.root=/nonexistent/mnist"], ["data.root", "/nonexistent/mnist", "IDX"]),
     (["device=cuda:0"] if not __import__("torch").cuda.is_available() else ["device=tpu"], ["device"]),
     (["interventions=[nope]"], ["interventions", "nope"]),
+    (["seed=-1"], ["seed=-1", "0..2**63-1"]),
+    (["seed=1e20"], ["seed", "1e20"]),
+    (["train.threads=-1"], ["train.threads=-1", "positive"]),
+    (["agent.hidden=[100000,100000]"], ["agent.hidden", "GiB", "memory free"]),
+    (["agent.optimizer.lr=inf"], ["agent.optimizer.lr=inf", "finite"]),
+    (["agent.optimizer.lr=1e400"], ["agent.optimizer.lr=inf", "finite"]),
+    (["seeds=[]"], ["seeds=[]", "non-empty"]),
+    (["seed=1", "seed=2"], ["seed", "given twice"]),
+    (["=5"], ["override='=5'", "key=value"]),
+    (["seeds=[0,1]", "agent.optimizer.name=adam"], ["seeds=[0, 1]", "Adam", "--multirun seed=0,1"]),
+    (["out_dir=/proc/version/run"], ["out_dir", "/proc/version/run"]),
 ])
 def test_bad_input_is_one_clear_line_and_exit_2(overrides, names, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -36,7 +47,7 @@ def test_bad_input_is_one_clear_line_and_exit_2(overrides, names, capsys, tmp_pa
     assert len(err.splitlines()) == 1 and err.startswith("lab: error:"), err
     for n in names:
         assert n in err, (n, err)
-    assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").rglob("metrics.jsonl"))
+    assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").rglob("*"))  # nothing left behind
 
 
 def test_a_plugin_that_fails_to_import_is_one_line_naming_it(tmp_path, capsys, monkeypatch):
@@ -48,6 +59,50 @@ def test_a_plugin_that_fails_to_import_is_one_line_naming_it(tmp_path, capsys, m
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "broken_plugin" in err and "broken_plugin.py:3" in err, err
     assert "must be a class deriving from plasticity_lab.agents.interventions.Intervention" in err
+
+
+def _idx(path, array, kind=0x08):
+    import struct
+
+    import numpy as np
+
+    header = bytes([0, 0, kind, array.ndim]) + b"".join(struct.pack(">i", d) for d in array.shape)
+    path.write_bytes(header + array.astype({0x08: np.uint8, 0x09: np.int8, 0x0D: ">f4"}[kind]).tobytes())
+
+
+@pytest.mark.parametrize("case,expected", [
+    ("empty", "holds no examples"), ("negative labels", "int8 labels"), ("float images", "float32 pixels"),
+])
+def test_bad_idx_files_are_named(case, expected, tmp_path, capsys, monkeypatch):
+    import numpy as np
+
+    monkeypatch.chdir(tmp_path)
+    n = 0 if case == "empty" else 4
+    images, labels = np.zeros((n, 28, 28)), np.arange(n) % 10
+    _idx(tmp_path / "train-images-idx3-ubyte", images, 0x0D if case == "float images" else 0x08)
+    _idx(tmp_path / "train-labels-idx1-ubyte", -labels if case == "negative labels" else labels,
+         0x09 if case == "negative labels" else 0x08)
+    _idx(tmp_path / "t10k-images-idx3-ubyte", np.zeros((2, 28, 28)))
+    _idx(tmp_path / "t10k-labels-idx1-ubyte", np.arange(2))
+    assert main(["run", *QUIET, f"data.root={tmp_path}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "train-" in err and expected in err, err
+
+
+@pytest.mark.parametrize("args,expected", [
+    (["--out", "{file}"], "is a file"),
+    (["--num-classes", "0"], "--num-classes=0"),
+    (["--train-batches", "0"], "--train-batches=0"),
+])
+def test_lab_data_refuses_bad_arguments_in_one_line(args, expected, tmp_path, capsys):
+    (tmp_path / "a_file").write_text("x")
+    args = [a.replace("{file}", str(tmp_path / "a_file")) for a in args]
+    base = {"--out": str(tmp_path / "out")}
+    base.update(dict(zip(args[::2], args[1::2])))
+    flat = [x for kv in base.items() for x in kv]
+    assert main(["data", "imagenet32", "--src", str(tmp_path), *flat]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and expected in err, err
 
 
 def test_corrupt_data_file_is_named(tmp_path, capsys, monkeypatch):

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from conftest import run_weights
+from wandb_records import history
 from plasticity_lab.lab.stop import Stopped
 from plasticity_lab.registry import ConfigError
 
@@ -121,9 +122,17 @@ def test_cli_runs_seeds_into_their_own_directories_and_wandb_runs(tmp_path, monk
                  "out_dir=out"])
     assert code == 0
     assert "| " in capsys.readouterr().out  # the table over seeds
-    for s in (0, 1):
-        assert (tmp_path / f"out/seed_{s}/summary.json").is_file()
-        assert len(list((tmp_path / f"out/seed_{s}/wandb").glob("offline-run-*"))) == 1
+    ids = set()
+    for s in (0, 1):  # each seed its own W&B run, holding that seed's records
+        seed_dir = tmp_path / f"out/seed_{s}"
+        assert (seed_dir / "summary.json").is_file()
+        (run_dir,) = (seed_dir / "wandb").glob("offline-run-*")
+        ids.add(run_dir.name.rsplit("-", 1)[1])
+        rows = {r["_step"]: r for r in history(seed_dir / "wandb")}
+        for rec in records(seed_dir / "metrics.jsonl"):
+            if "train/loss" in rec:
+                assert rows[rec["step"]]["train/loss"] == pytest.approx(rec["train/loss"]), (s, rec["step"])
+    assert len(ids) == 2
     assert main(["resume", "out"]) == 0  # already finished: nothing to do
 
 
