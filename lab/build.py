@@ -46,6 +46,12 @@ def resolve_device(name: str) -> torch.device:
 
 
 def build_stream(cfg: DictConfig) -> Stream:
+    if cfg.data.needs_root and not cfg.data.root:
+        from plasticity_lab.streams.download import where_to_get
+
+        raise ConfigError("data.root", None, f"a directory of the full data set: experiment={cfg.experiment} is a "
+                          f"paper-scale protocol, not one for the embedded 4,000-image subset; "
+                          f"{where_to_get(cfg.stream.name)}")
     params = as_dict(cfg.stream)
     name = params.pop("name")
     cls = stream_builders.get(name)
@@ -170,8 +176,6 @@ def check_train(cfg: DictConfig) -> None:
     if not isinstance(cfg.seed, int) or not 0 <= cfg.seed < SEED_LIMIT:
         raise ConfigError("seed", cfg.seed, "an integer in 0..2**63-1")
     t = cfg.train
-    if t.threads is not None and (not isinstance(t.threads, int) or t.threads < 1):
-        raise ConfigError("train.threads", t.threads, "a positive number of threads, or null (PyTorch's default)")
     for key in ("batch_size", "epochs", "eval_every", "log_every"):
         if t[key] < 1:
             raise ConfigError(f"train.{key}", t[key], "a positive integer")

@@ -18,7 +18,7 @@ from typing import Any
 
 from plasticity_lab.registry import ConfigError
 
-EXIT_BAD_INPUT, EXIT_NONFINITE = 2, 3
+EXIT_BAD_INPUT = 2
 
 
 def entry() -> None:
@@ -59,8 +59,13 @@ def main(argv: list[str] | None = None) -> int:
     p_dash.add_argument("--entity", help="W&B entity (user or team); default: your login's")
     p_dash.add_argument("--dry-run", action="store_true", help="print the workspace spec as JSON, send nothing")
     p_dash.add_argument("run_dirs", nargs="*", help="runs whose metrics (plug-ins' too) get panels as well")
-    p_data = sub.add_parser("data", help="prepare a downloaded data set for a stream (nothing is downloaded)")
+    p_data = sub.add_parser("data", help="download a data set (mnist, fashion_mnist, cifar100) or prepare ImageNet32")
     data_sub = p_data.add_subparsers(dest="dataset", required=True)
+    for name, what in (("mnist", "MNIST (permuted_mnist, split_mnist)"), ("fashion_mnist", "Fashion-MNIST (as MNIST)"),
+                       ("cifar100", "CIFAR-100 (cifar100_incremental)")):
+        p_dl = data_sub.add_parser(name, help=f"download {what}, checksums verified")
+        p_dl.add_argument("--out", required=True, help="output folder; then run with data.root=OUT")
+        p_dl.add_argument("--mirror", help="a URL serving the same files (default: torchvision's addresses)")
     p_in32 = data_sub.add_parser("imagenet32", help="Imagenet32_train/val batch files -> per-class arrays (continual_imagenet)")
     p_in32.add_argument("--src", required=True, help="folder where Imagenet32_train.zip and Imagenet32_val.zip were extracted")
     p_in32.add_argument("--out", required=True, help="output folder; then run with data.root=OUT")
@@ -93,6 +98,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _data(args: argparse.Namespace) -> int:
+    if args.dataset != "imagenet32":
+        from plasticity_lab.streams.download import fetch, sources
+
+        out = fetch(sources()[args.dataset], args.out, args.mirror, progress=lambda line: print(line, flush=True))
+        stream = {"cifar100": "cifar100_incremental"}.get(args.dataset, "permuted_mnist")
+        print(f"ready: {out}; run with: lab run experiment={stream} data.root={out}")
+        return 0
     from plasticity_lab.streams.imagenet32 import convert
 
     meta = convert(args.src, args.out, num_classes=args.num_classes, train_batches=args.train_batches,
@@ -103,9 +115,11 @@ def _data(args: argparse.Namespace) -> int:
     return 0
 
 
-def _train(cfg: Any, out_dir: Any = None, resume: bool = False, requested: list[str] | tuple[str, ...] = ()) -> int:
-    """One run, or with ``seeds=[...]`` every seed vectorised in this process (lab/seeds.py)."""
-    from plasticity_lab.lab.loop import run
+def _train(cfg: Any, out_dir: Any = None, resume: bool = False, requested: list[str] | tuple[str, ...] = (),
+           brief: bool = False) -> int:
+    """One run, or with ``seeds=[...]`` every seed vectorised in this process
+    (lab/seeds.py); ``brief``: one result line per run (a sweep's jobs), not the table."""
+    from plasticity_lab.lab.loop import EXIT_NONFINITE, run
     from plasticity_lab.lab.runner import NonFiniteLoss
     from plasticity_lab.lab.stop import Stopped
 
@@ -117,11 +131,23 @@ def _train(cfg: Any, out_dir: Any = None, resume: bool = False, requested: list[
     except Stopped as stopped:
         print(f"lab: {stopped}", file=sys.stderr)
         return stopped.status
-    if len(summaries) == 1:
+    if brief:
+        for s in summaries:
+            print(_one_line(s), flush=True)
+    elif len(summaries) == 1:
         _print_summary(summaries[0])
     else:
         _print_seeds(summaries)
     return 0
+
+
+def _one_line(s: dict[str, Any]) -> str:
+    """A finished run in one line: where, its final scores and speed."""
+    if s.get("target") == "value":
+        score = f"online squared error (last task) {s['online_loss'][-1]:.4f}"
+    else:
+        score = f"average accuracy {s['avg_accuracy']:.4f}, online accuracy (last task) {s['online_accuracy'][-1]:.4f}"
+    return f"{s['out_dir']}: finished; {score}; {s['examples_per_s']:.0f} ex/s"
 
 
 def _print_seeds(summaries: list[dict[str, Any]]) -> None:
@@ -204,8 +230,10 @@ def _sync(dirs: list[Path], upload: bool) -> int:
 
 def _multirun(overrides: list[str], sweep_dir: Path | None = None) -> int:
     """Sweep with Hydra's multirun (its launcher spreads the jobs); each job is
-    a normal run in ``runs/multirun/<time>/<job number>`` (or ``sweep_dir``,
-    where a finished job is left as it is and an unfinished one resumes)."""
+    a normal run in ``runs/multirun/<time>/<swept values>`` (or ``sweep_dir``,
+    where a finished job is left as it is and an unfinished one resumes). A
+    job that fails is recorded in its folder and the others go on; the sweep
+    then lists every job and exits with the first failure's status."""
     import hydra
     from hydra.core.hydra_config import HydraConfig
 
@@ -216,28 +244,52 @@ def _multirun(overrides: list[str], sweep_dir: Path | None = None) -> int:
         compose_config(combo)  # every name and value valid before any job starts
     from plasticity_lab.lab.group import claim_dir
     from plasticity_lab.lab.rundir import is_finished
+    from plasticity_lab.lab.stop import EXIT_STOPPED
+    from plasticity_lab.lab.sweep import job_subdir, jobs, report
 
     sweep_dir = sweep_dir or claim_dir(Path("runs") / "multirun" / datetime.now().strftime("%Y%m%d-%H%M%S"))
-    codes: list[int] = []
+    stopped: list[int] = []  # a signal stops the sweep, not only its running job
 
     @hydra.main(config_path=config_dir(), config_name="config", version_base=None)
     def job(cfg: Any) -> None:
         out = Path(HydraConfig.get().runtime.output_dir)
         if is_finished(out):
             print(f"{out}: finished; left as it is")
-            codes.append(0)
-            return
-        codes.append(_train(cfg, out))
+        elif not stopped and (code := _sweep_job(cfg, out)) in (EXIT_STOPPED, 130):
+            stopped.append(code)
 
     saved = sys.argv
-    sys.argv = ["lab", "--multirun", *overrides, f"hydra.sweep.dir={sweep_dir}", "hydra.sweep.subdir=${hydra.job.num}",
+    sys.argv = ["lab", "--multirun", *overrides, f"hydra.sweep.dir={sweep_dir}", *job_subdir(overrides),
                 "hydra/job_logging=disabled", "hydra/hydra_logging=disabled"]
     try:
         job()
     finally:
         sys.argv = saved
-    print(f"sweep: {len(codes)} runs under {sweep_dir}")
-    return max(codes, default=0)
+    done = jobs(sweep_dir)
+    print(report(sweep_dir, done))
+    failed = [j.exit_status for j in done if j.failed]
+    return failed[0] if failed else (stopped[0] if stopped else 0)
+
+
+def _sweep_job(cfg: Any, out: Path) -> int:
+    """One job of a sweep: its exit status; a failure is recorded in its
+    folder (failed.json, and error.log for a crash) instead of ending the sweep."""
+    import traceback
+
+    from plasticity_lab.lab.rundir import mark_failed
+
+    try:
+        return _train(cfg, out, brief=True)
+    except ConfigError as err:
+        print(f"lab: error: {out}: {err}", file=sys.stderr)
+        mark_failed(out, EXIT_BAD_INPUT, str(err))
+        return EXIT_BAD_INPUT
+    except Exception as err:  # a crash: the traceback for the bug report, the sweep goes on
+        trace = traceback.format_exc()
+        print(trace, file=sys.stderr)
+        mark_failed(out, 1, f"{type(err).__name__}: {err}".splitlines()[0] + f" (traceback: {out / 'error.log'})")
+        (out / "error.log").write_text(trace)
+        return 1
 
 
 def _first_values(overrides: list[str]) -> list[list[str]]:
@@ -342,12 +394,23 @@ def _dashboard(project: str, entity: str | None, dry_run: bool, run_dirs: list[P
 def _compare(dirs: list[Path], fmt: str) -> int:
     from plasticity_lab.lab.compare import group_runs, load_runs, render, table
 
-    print(render(*table(group_runs(load_runs(dirs))), fmt))
+    left_out: list[tuple[Path, str]] = []
+    runs = load_runs(dirs, left_out)
+    print(render(*table(group_runs(runs), left_out), fmt))
     return 0
 
 
-def _print_summary(s: dict[str, Any]) -> None:
+def _console() -> Any:
+    """A rich console that wraps nothing when stdout is not a terminal (a
+    cluster log keeps each path on one line)."""
     from rich.console import Console
+
+    if sys.stdout.isatty():
+        return Console()
+    return Console(soft_wrap=True, width=10_000)
+
+
+def _print_summary(s: dict[str, Any]) -> None:
     from rich.table import Table
 
     def fmt(v: Any) -> str:
@@ -372,7 +435,7 @@ def _print_summary(s: dict[str, Any]) -> None:
         ("wall time (s)", f"{s['wall_time_s']:.1f}"),
     ]:
         table.add_row(name, fmt(value))
-    console = Console()
+    console = _console()
     console.print(table)
     console.print(f"output: {s['out_dir']}")
     console.print("plots:  " + "  ".join(s["plots"]))

@@ -1,5 +1,6 @@
 """Load finished runs, group them by method (everything in the config but the
-seed) and summarise each group as mean ± standard error over seeds."""
+seed) and summarise each group as mean ± standard error over seeds (runs
+that failed or have not finished are listed with their status, not dropped)."""
 from __future__ import annotations
 
 import csv
@@ -14,7 +15,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from plasticity_lab.lab.rundir import is_finished, status
+from plasticity_lab.lab.rundir import FAILED, is_finished, status
 from plasticity_lab.metrics.catalog import MetricFacts, facts_from, shown
 from plasticity_lab.registry import ConfigError
 
@@ -78,24 +79,28 @@ def _short(key: str) -> str:
     return key.removesuffix(".name")
 
 
-def load_runs(dirs: list[Path]) -> list[Run]:
+def load_runs(dirs: list[Path], left_out: list[tuple[Path, str]] | None = None) -> list[Run]:
     """Every finished run at or under ``dirs`` (a run directory holds
-    metrics.jsonl; it has finished when it holds finished.json). An unfinished
-    run among others is left out with one line on stderr saying where it
-    stopped; a directory with no finished run is a ConfigError saying what is missing."""
+    metrics.jsonl, or only failed.json when it failed before training; it has
+    finished when it holds finished.json). The others, among finished ones, go
+    to ``left_out`` as (directory, status) when given, else to stderr as one
+    line each; a directory with no finished run is a ConfigError saying what is missing."""
     runs = []
     for d in map(Path, dirs):
-        found = sorted({p.parent for p in d.rglob("metrics.jsonl")})
+        found = sorted({p.parent for pattern in ("metrics.jsonl", FAILED) for p in d.rglob(pattern)
+                        if not p.parent.name.startswith(".")})
         if not found:
             raise ConfigError("run_dir", str(d), "a run directory (or a folder of them): this one holds no metrics.jsonl"
                               + ("" if d.exists() else " (it does not exist)"))
         finished = [p for p in found if is_finished(p) and (p / "summary.json").is_file()]
-        for p in sorted(set(found) - set(finished)):
-            if len(found) > 1:
-                print(f"lab: left out {p}: {status(p)} (lab resume it to finish it)", file=sys.stderr)
         if not finished:
             raise ConfigError("run_dir", str(d), f"a finished run; {'its runs are' if len(found) > 1 else 'it is'} "
                               f"{status(found[0])}: lab resume {found[0] if len(found) == 1 else d} to finish")
+        for p in sorted(set(found) - set(finished)):
+            if left_out is not None:
+                left_out.append((p.relative_to(d) if p != d else p, status(p).split("; ")[0]))
+            else:
+                print(f"lab: left out {p}: {status(p)} (lab resume it to finish it)", file=sys.stderr)
         for p in finished:
             config = yaml.safe_load((p / "config.yaml").read_text()) if (p / "config.yaml").exists() else {}
             runs.append(Run(p, json.loads((p / "summary.json").read_text()), config))
@@ -142,9 +147,22 @@ def group_runs(runs: list[Run]) -> list[Group]:
     varying = [k for k in keys if varies(k)]
     groups: dict[str, Group] = {}
     for run, f in zip(runs, flats):
-        label = ", ".join(f"{_short(k)}={f[k]}" for k in varying if f.get(k) is not None) or run.summary["experiment"]
+        label = ", ".join(f"{_short(k)}={f[k]}" for k in varying if f.get(k) is not None) or describe(run)
         groups.setdefault(label, Group(label)).runs.append(run)
     return list(groups.values())
+
+
+def describe(run: Run) -> str:
+    """What a run is, in a few words: experiment, data, activation, optimizer
+    and learning rate, interventions (a title for a run that has no other to
+    be told apart from)."""
+    s, agent = run.summary, run.config.get("agent", {})
+    opt = agent.get("optimizer", {})
+    data = str(s.get("data", "")).split(" (")[0]
+    parts = [s["experiment"], data, s["activation"],
+             f"{opt.get('name', '?')} lr {opt.get('lr', '?')}" if opt else "",
+             "+".join(s.get("interventions") or []) or "no intervention"]
+    return " · ".join(p for p in parts if p)
 
 
 def declared_metrics(runs: list[Run]) -> dict[str, MetricFacts]:
@@ -165,42 +183,86 @@ def final_value(run: Run, name: str) -> float:
 
 
 def mean_se(x: np.ndarray) -> tuple[float, float]:
-    """Mean and standard error (sample std / sqrt n; 0 for a single run)."""
+    """Mean and standard error (sample std / sqrt n; NaN for a single run: no spread is measured)."""
     x = np.asarray(x, dtype=float)
     x = x[~np.isnan(x)]
     if x.size == 0:
         return math.nan, math.nan
-    return float(x.mean()), float(x.std(ddof=1) / math.sqrt(x.size)) if x.size > 1 else 0.0
+    return float(x.mean()), float(x.std(ddof=1) / math.sqrt(x.size)) if x.size > 1 else math.nan
 
 
-def table(groups: list[Group]) -> tuple[list[str], list[list[str]]]:
-    """One row per group: the run-level scores, then one column per metric the
-    catalog (or the runs' summaries) marks with a ``column``."""
+@dataclass(frozen=True)
+class Cell:
+    """One summary of a group's runs: mean and standard error over them (``n`` runs)."""
+
+    mean: float
+    se: float
+    n: int
+
+    def text(self) -> str:
+        if math.isnan(self.mean):
+            return "-"
+        return f"{self.mean:.3f}" if math.isnan(self.se) else f"{self.mean:.3f} ± {self.se:.3f}"
+
+
+def _cell(values: np.ndarray) -> Cell:
+    m, se = mean_se(values)
+    return Cell(m, se, int(np.sum(~np.isnan(np.asarray(values, dtype=float)))))
+
+
+def _tenth(g: Group, key: str, last: bool) -> np.ndarray:
+    """Each run's mean of a per-task series over its first (or last) 10 % of tasks."""
+    series = g.series(key)
+    k = max(1, series.shape[1] // 10)
+    return (series[:, -k:] if last else series[:, :k]).mean(1)
+
+
+SCORES = {
+    "class": [("avg accuracy", lambda g: g.values("avg_accuracy")),
+              ("online acc (first 10%)", lambda g: _tenth(g, "online_accuracy", False)),
+              ("online acc (last 10%)", lambda g: _tenth(g, "online_accuracy", True)),
+              ("forgetting", lambda g: g.values("forgetting")), ("BWT", lambda g: g.values("bwt"))],
+    "value": [("online sq. error (first 10%)", lambda g: _tenth(g, "online_loss", False)),
+              ("online sq. error (last 10%)", lambda g: _tenth(g, "online_loss", True))],
+}
+"""The run-level columns, per kind of target (classification, regression)."""
+
+
+def table(groups: list[Group], left_out: list[tuple[Path, str]] = ()) -> tuple[list[str], list[list[Any]]]:
+    """One row per group: its status, the run-level scores of its kind of
+    target, then one column per metric the catalog (or the runs' summaries)
+    marks with a ``column``; then one row per run ``left_out`` with its status.
+    Score cells are :class:`Cell` (mean, s.e., n) for :func:`render`."""
     columns = shown("column", declared_metrics([r for g in groups for r in g.runs]))
-    head = ["method", "seeds", "avg accuracy", "online acc (first 10%)", "online acc (last 10%)",
-            "online loss (first 10%)", "online loss (last 10%)", "forgetting", "BWT",
-            *(f.column for f in columns.values())]
-    rows = []
+    targets = [t for t in SCORES if any(r.summary.get("target", "class") == t for g in groups for r in g.runs)]
+    scores = [c for t in targets for c in SCORES[t]]
+    head = ["method", "seeds", "status", *(name for name, _ in scores), *(f.column for f in columns.values())]
+    rows: list[list[Any]] = []
     for g in groups:
-        acc, loss = g.series("online_accuracy"), g.series("online_loss")
-        k = max(1, acc.shape[1] // 10)
-
-        def fmt(values: np.ndarray) -> str:
-            m, se = mean_se(values)
-            return "-" if math.isnan(m) else f"{m:.3f} ± {se:.3f}"
-
-        rows.append([g.label, str(len(g.runs)), fmt(g.values("avg_accuracy")), fmt(acc[:, :k].mean(1)),
-                     fmt(acc[:, -k:].mean(1)), fmt(loss[:, :k].mean(1)), fmt(loss[:, -k:].mean(1)),
-                     fmt(g.values("forgetting")), fmt(g.values("bwt")),
-                     *(fmt(np.array([final_value(r, name) for r in g.runs])) for name in columns)])
+        target = g.runs[0].summary.get("target", "class")
+        cells = [_cell(f(g)) if (name, f) in SCORES[target] else Cell(math.nan, math.nan, 0) for name, f in scores]
+        rows.append([g.label, str(len(g.runs)), "finished", *cells,
+                     *(_cell(np.array([final_value(r, name) for r in g.runs])) for name in columns)])
+    for path, why in left_out:
+        rows.append([str(path), "-", why, *(Cell(math.nan, math.nan, 0) for _ in head[3:])])
     return head, rows
 
 
-def render(head: list[str], rows: list[list[str]], fmt: str = "markdown") -> str:
+def render(head: list[str], rows: list[list[Any]], fmt: str = "markdown") -> str:
+    """Markdown (``mean ± s.e.``; no ± for a single run) or CSV (numbers only:
+    a mean and an s.e. column per score, empty where not measured)."""
     if fmt == "csv":
         buf = io.StringIO()
-        csv.writer(buf).writerows([head, *rows])
+        writer = csv.writer(buf)
+        cells = [i for i, v in enumerate(rows[0]) if isinstance(v, Cell)] if rows else []
+        writer.writerow([h for i, h in enumerate(head) for h in ([f"{h} mean", f"{h} se"] if i in cells else [h])])
+        for r in rows:
+            writer.writerow([x for v in r for x in ((_number(v.mean), _number(v.se)) if isinstance(v, Cell) else (v,))])
         return buf.getvalue()
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    lines += ["| " + " | ".join(v.text() if isinstance(v, Cell) else str(v) for v in r) + " |" for r in rows]
     return "\n".join(lines)
+
+
+def _number(x: float) -> str:
+    return "" if math.isnan(x) else repr(x)

@@ -73,14 +73,17 @@ class TrainConfig:
     (agents/cuda_graph.py; it checks itself against the eager step on first
     use; deferred updates are then off). new_head: zero the output layer
     (and its optimizer state) at each task start, Dohare et al.'s "new heads"
-    of continual ImageNet (part of that protocol, not an intervention)."""
+    of continual ImageNet (part of that protocol, not an intervention).
+    threads: intra-op CPU threads; auto (one for small steps, else the free
+    cores shared among a sweep's parallel jobs: lab/threads.py) or a number.
+    The summary records the count: results depend on it through rounding."""
 
     batch_size: int = 16
     epochs: int = 1
     eval_every: int = 1
     eval_window: Optional[int] = None
     log_every: int = 250
-    threads: Optional[int] = None
+    threads: Any = "auto"
     checkpoint: bool = True
     fast: str = "auto"
     deferred_updates: int = 16
@@ -90,9 +93,12 @@ class TrainConfig:
 
 @dataclass
 class DataConfig:
-    """root: a directory of MNIST-format IDX files; null = the embedded subset."""
+    """root: the stream's data files (MNIST-format IDX files for the MNIST
+    streams; null = the embedded subset); needs_root: the protocol needs the
+    full data set, so the embedded subset is refused (paper-scale presets)."""
 
     root: Optional[str] = None
+    needs_root: bool = False
 
 
 @dataclass

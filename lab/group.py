@@ -12,8 +12,10 @@ written atomically, so a group killed at any moment resumes as a group.
 """
 from __future__ import annotations
 
+import json
 import shutil
 import sys
+import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -24,8 +26,10 @@ from omegaconf import DictConfig, OmegaConf
 from plasticity_lab.agents.fused import FusedAgent, fused_reason
 from plasticity_lab.lab import checkpoint
 from plasticity_lab.lab.build import say_once
+from plasticity_lab.lab.banner import banner
+from plasticity_lab.lab.provenance import data_fingerprint, now, segment
 from plasticity_lab.lab.resume import check
-from plasticity_lab.lab.rundir import CONFIG, RunDirLock, fingerprint, is_finished, unfinish, write_atomic, write_progress
+from plasticity_lab.lab.rundir import CONFIG, RunDirLock, clear_failure, fingerprint, is_finished, unfinish, write_atomic, write_progress
 from plasticity_lab.lab.runner import BuiltRun, RunContext, build_run, emit_record, open_run, run_state
 from plasticity_lab.lab.seeds import SeedGenerators, check_seeds
 from plasticity_lab.lab.sinks import close_all
@@ -33,6 +37,8 @@ from plasticity_lab.registry import ConfigError
 
 FORMAT = 3
 """The checkpoint layout; a run resumes only from its own."""
+PROVENANCE = "provenance.json"
+"""Written at each start and resume: the data and the processes that trained the group (lab/provenance.py)."""
 
 
 @dataclass
@@ -48,6 +54,16 @@ class RunGroup:
     next_task: int = 0
     position: dict[str, Any] | None = None
     resumes: list[dict[str, Any]] = field(default_factory=list)
+    segments: list[dict[str, Any]] = field(default_factory=list)
+    data: dict[str, Any] = field(default_factory=dict)
+    opened: float = field(default_factory=time.perf_counter)
+
+    def provenance(self) -> dict[str, Any]:
+        """The data read and every process that trained the group, the current
+        one up to now (lab/provenance.py)."""
+        self.segments[-1].update(wall_s=round(time.perf_counter() - self.opened, 3), ended_at=now())
+        return {"data": self.data, "segments": self.segments,
+                "wall_time_s": round(sum(s["wall_s"] for s in self.segments), 3)}
 
     def save(self, next_task: int, position: dict[str, Any] | None = None) -> None:
         """One checkpoint of every run (atomic; ``lab resume`` starts at ``next_task``, or inside it at ``position``)."""
@@ -59,7 +75,7 @@ class RunGroup:
         config = OmegaConf.to_container(self.cfg, resolve=True)
         checkpoint.save(self.out / "checkpoints", {
             "format": FORMAT, "config": config, "fingerprint": fingerprint(config), "next_task": next_task,
-            "position": position, "resumes": self.resumes, "runs": runs,
+            "position": position, "resumes": self.resumes, "runs": runs, "segments": self.provenance()["segments"],
         })
         write_progress(self.out, {"next_task": next_task, "num_tasks": self.ctxs[0].stream.num_tasks,
                                   "step": self.ctxs[0].step, "inside_task": position is not None})
@@ -106,8 +122,17 @@ def open_group(cfg: DictConfig, out_dir: str | Path | None = None, resume: bool 
         if not existed:  # nothing of a run was written: leave no directory behind
             shutil.rmtree(out, ignore_errors=True)
         raise
+    clear_failure(out)  # a new start or a resume: an earlier failure no longer describes the directory
     if changes:
         _record_changes(group, changes)
+    b = built[0]
+    group.data = {"source": b.stream.data, **data_fingerprint(cfg.data.root)}
+    group.segments.append(segment(b.device, b.threads.threads, b.threads.reason))
+    write_atomic(out / PROVENANCE, json.dumps(group.provenance(), indent=1))
+    if cfg.progress != "off":
+        parameters = sum(p.numel() for p in b.agent.model.parameters())
+        print(banner(cfg, out, b.stream, parameters, b.device, b.threads, isinstance(b.agent, FusedAgent),
+                     len(built)), file=sys.stderr, flush=True)
     if ckpt is not None:
         where = "inside it" if group.position else "at its start"
         print(f"lab: resuming {out} at task {group.next_task + 1}/{group.ctxs[0].stream.num_tasks} ({where})",
@@ -173,6 +198,7 @@ def _open(cfg: DictConfig, out: Path, lock: RunDirLock, seeds: list[int] | None,
     group = RunGroup(cfg, out, ctxs, generators, lock)
     if ckpt is not None:
         group.next_task, group.position, group.resumes = ckpt["next_task"], ckpt["position"], list(ckpt["resumes"])
+        group.segments = list(ckpt.get("segments", []))
     return group
 
 

@@ -29,13 +29,16 @@ from plasticity_lab.agents.stacked import StackedStep
 from plasticity_lab.agents.cuda_graph import graphed
 from plasticity_lab.lab.group import RunGroup, open_group
 from plasticity_lab.lab.progress import Progress
-from plasticity_lab.lab.rundir import mark_finished
+from plasticity_lab.lab.rundir import mark_failed, mark_finished
 from plasticity_lab.lab.runner import (NonFiniteLoss, RunContext, begin_task, check_finite, emit_record, end_task,
                                        enter_task, finish_run, progress_metric, task_examples)
 from plasticity_lab.lab.seeds import SeedGenerators
 from plasticity_lab.lab.stop import StopRequest, Stopped
 from plasticity_lab.registry import ConfigError
 from plasticity_lab.streams import Task, task_rng
+
+EXIT_NONFINITE = 3
+"""The exit status of a run whose loss became NaN or infinite (lab/cli.py)."""
 
 StepResult = tuple[torch.Tensor, torch.Tensor, Callable[[int], StepInfo]]
 """One update of a group: loss (N,), correct predictions (N,), and run j's StepInfo on demand."""
@@ -93,6 +96,12 @@ def run(cfg: DictConfig, out_dir: str | Path | None = None, resume: bool = False
     stop = StopRequest().install()
     try:
         return train(group, stop)
+    except NonFiniteLoss as err:
+        mark_failed(group.out, EXIT_NONFINITE, str(err))
+        raise
+    except Exception as err:  # a crash: recorded for lab status/compare, then raised as it is
+        mark_failed(group.out, 1, f"{type(err).__name__}: {err}".splitlines()[0])
+        raise
     finally:
         stop.restore()
         group.close()
@@ -105,9 +114,8 @@ def train(group: RunGroup, stop: StopRequest) -> list[dict[str, Any]]:
     whole_task = isinstance(ctxs[0].agent, WholeTaskAgent)
     step = None if whole_task else group_step(ctxs)
     sizes = task_examples(ctxs[0], first)
-    progress = Progress(stream.num_tasks, [n * len(ctxs) for n in sizes], first, cfg.progress, progress_metric(stream))
-    quiet = Progress(stream.num_tasks, sizes, first, "off")
-    t_start, k = time.perf_counter(), first
+    progress = Progress(stream.num_tasks, sizes, first, cfg.progress, progress_metric(stream), runs=len(ctxs))
+    k = first
     try:
         for k in range(first, stream.num_tasks):
             position, group.position = group.position, None
@@ -124,12 +132,12 @@ def train(group: RunGroup, stop: StopRequest) -> list[dict[str, Any]]:
             seconds = time.perf_counter() - t0 + (position or {}).get("seconds", 0.0)
             for i, (ctx, task, (correct, loss, seen)) in enumerate(zip(ctxs, tasks, totals)):
                 with generators.own(i):
-                    end_task(ctx, task, correct, loss, seen, seconds, progress if i == 0 else quiet)
+                    end_task(ctx, task, correct, loss, seen, seconds, progress if i == 0 else None)
             group.save(k + 1)
             if stop.signum is not None and k + 1 < stream.num_tasks:
                 raise StopAt(k + 1, None)
         progress.close()
-        summaries = [finish_run(ctx, time.perf_counter() - t_start, group.resumes) for ctx in ctxs]
+        summaries = [finish_run(ctx, group.resumes, group.provenance()) for ctx in ctxs]
         if group.cfg.get("seeds") is not None:  # the group's own marker, after every seed's
             mark_finished(group.out, {"seeds": list(group.cfg.seeds)})
         return summaries

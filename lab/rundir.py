@@ -7,6 +7,8 @@ and a marker that says it finished.
 - ``config.yaml``: the resolved config (a resume's changes rewrite it);
 - ``finished.json``: written last, after the summary, the plots and W&B: a
   directory without it holds a run that has not finished;
+- ``failed.json``: the exit status and error line of a run that failed
+  (diverged, bad input in a sweep job, a crash); a new start or resume removes it;
 - every file the lab's readers depend on is written to a temporary file and
   renamed (:func:`write_atomic`), so a kill leaves the old or the new version.
 """
@@ -24,6 +26,7 @@ from plasticity_lab.registry import ConfigError
 
 LOCK = ".lock"
 FINISHED = "finished.json"
+FAILED = "failed.json"
 CONFIG = "config.yaml"
 
 
@@ -74,10 +77,36 @@ def write_progress(directory: Path, progress: dict[str, Any]) -> None:
     write_atomic(directory / PROGRESS, json.dumps(progress))
 
 
+def mark_failed(directory: Path, exit_status: int, error: str) -> None:
+    """Record that the run in ``directory`` failed, with its exit status and error line."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        write_atomic(directory / FAILED, json.dumps({"exit_status": exit_status, "error": error,
+                                                     "at": datetime.now(timezone.utc).isoformat()}))
+    except OSError:  # an unwritable directory: the error line on stderr is all there is
+        pass
+
+
+def failure(directory: Path) -> dict[str, Any] | None:
+    """The failure recorded in ``directory`` (exit_status, error), None if it did not fail."""
+    try:
+        return json.loads((directory / FAILED).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def clear_failure(directory: Path) -> None:
+    (directory / FAILED).unlink(missing_ok=True)
+
+
 def status(run_dir: Path) -> str:
-    """What a run directory holds, in words: finished, stopped at task k/N, started, or nothing."""
+    """What a run directory holds, in words: finished, failed (exit status and
+    error), stopped at task k/N, started, or nothing."""
     if is_finished(run_dir):
         return "finished"
+    failed = failure(run_dir) or (failure(run_dir.parent) if run_dir.name.startswith("seed_") else None)
+    if failed is not None:
+        return f"failed (exit {failed['exit_status']}): {failed['error']}"
     for home in (run_dir, run_dir.parent):  # a seed's checkpoint is its group's
         try:
             p = json.loads((home / PROGRESS).read_text())

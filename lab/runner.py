@@ -30,6 +30,7 @@ from plasticity_lab.lab.build import (as_dict, build_agent, build_interventions,
 from plasticity_lab.lab.progress import Progress
 from plasticity_lab.lab.results import DENSE_MAX_TASKS, Results
 from plasticity_lab.lab.rundir import CONFIG, mark_finished, write_atomic
+from plasticity_lab.lab.threads import ThreadChoice, apply as apply_threads, choose_threads, parallel_jobs, step_flops
 from plasticity_lab.lab.sinks import JsonlSink, Sink, close_all, emit
 from plasticity_lab.metrics.catalog import facts_of_records
 from plasticity_lab.metrics.tracker import Tracker
@@ -79,6 +80,7 @@ class BuiltRun:
     tracker: Tracker | None
     hooks: HookPlan
     device: torch.device
+    threads: ThreadChoice
     note: str | None = None
 
 
@@ -99,19 +101,21 @@ def build_run(cfg: DictConfig) -> BuiltRun:
     """Everything a run needs, built and checked in memory: bad input fails
     here, before anything is written or trained."""
     check_train(cfg)
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
     device = resolve_device(cfg.device)
     seed_everything(cfg.seed)
     stream = build_stream(cfg)
     agent = build_agent(cfg, stream, device)
+    flops = step_flops(agent.model, torch.zeros(stream.input_shape, device=device), cfg.train.batch_size)
+    threads = choose_threads(cfg.train.threads, flops * (len(cfg.seeds) if cfg.get("seeds") else 1), device,
+                             parallel_jobs())
+    apply_threads(threads)
     ivs = build_interventions(cfg)
     tracker = build_tracker(cfg)
     hooks = plan_hooks(([tracker] if tracker else []) + ivs)
     agent, note = use_fast_path(cfg, agent, hooks)
     if not isinstance(agent, FusedAgent):  # the fused agent folds weight-decay penalties into its step instead
         agent.penalties = list(hooks.penalty)
-    return BuiltRun(cfg, stream, agent, ivs, tracker, hooks, device, note)
+    return BuiltRun(cfg, stream, agent, ivs, tracker, hooks, device, threads, note)
 
 
 def open_run(built: BuiltRun, out: Path, home: Path, state: dict[str, Any] | None) -> RunContext:
@@ -169,12 +173,15 @@ def run_state(ctx: RunContext) -> dict[str, Any]:
     }
 
 
-def finish_run(ctx: RunContext, wall: float, resumes: list[dict[str, Any]]) -> dict[str, Any]:
+def finish_run(ctx: RunContext, resumes: list[dict[str, Any]], provenance: dict[str, Any]) -> dict[str, Any]:
     """summary.json (atomically), the plots, the accuracy matrix to W&B and
     W&B's end; then the finished marker, last. ``resumes``: the changes each
-    resume made (kept in the summary)."""
-    summary = _summary(ctx.cfg, ctx.stream, ctx.results, wall, ctx.wandb, ctx.agent)
+    resume made; ``provenance``: the data and the processes that trained the
+    run (lab/provenance.py); both kept in the summary."""
+    summary = _summary(ctx.cfg, ctx.stream, ctx.results, provenance["wall_time_s"], ctx.wandb, ctx.agent)
+    summary["threads"] = provenance["segments"][-1]["threads"]
     summary["resumes"] = resumes
+    summary["provenance"] = provenance
     if ctx.tracker is not None:
         summary["final_metrics"] = ctx.tracker.final()
         summary["diagnostics"] = ctx.tracker.series
@@ -224,8 +231,9 @@ def begin_task(ctx: RunContext, task: Task) -> None:
 
 
 def end_task(ctx: RunContext, task: Task, correct: float, loss: float, seen: int, seconds: float,
-             progress: Progress) -> None:
-    """``on_task_end`` hooks, evaluation and the task's record."""
+             progress: Progress | None) -> None:
+    """``on_task_end`` hooks, evaluation and the task's record (and the
+    progress display's line, when this run reports it)."""
     cfg, agent = ctx.cfg, ctx.agent
     ctx.results.train_seconds += seconds
     ctx.results.examples += seen
@@ -237,13 +245,14 @@ def end_task(ctx: RunContext, task: Task, correct: float, loss: float, seen: int
     evals = evaluate(agent, ctx.stream, task, cfg.train.eval_window) if due else {}
     online = correct / max(seen, 1)
     ctx.results.add_task(online, loss / max(seen, 1), evals)
-    record = {"train/task_online_acc": online, "train/task_loss": loss / max(seen, 1),
-              "perf/examples_per_s": ctx.results.examples / max(ctx.results.train_seconds, 1e-9)}
+    rate = ctx.results.examples / max(ctx.results.train_seconds, 1e-9)
+    record = {"train/task_online_acc": online, "train/task_loss": loss / max(seen, 1), "perf/examples_per_s": rate}
     record.update({f"eval/acc/task_{j}": a for j, a in evals.items()})
     if evals:
         record.update({f"eval/{name}": v for name, v in ctx.results.scores().items() if v is not None})
     emit_record(ctx, k, record)
-    progress.task_done(k, online if ctx.stream.target == "class" else loss / max(seen, 1))
+    if progress is not None:
+        progress.task_done(k, online if ctx.stream.target == "class" else loss / max(seen, 1), rate)
 
 
 def check_finite(ctx: RunContext, loss: float, task_id: int) -> None:
@@ -306,6 +315,7 @@ def _summary(cfg: DictConfig, stream: Stream, results: Results, wall: float, wan
         "experiment": cfg.experiment,
         "seed": cfg.seed,
         "stream": cfg.stream.name,
+        "data": stream.data,
         "target": stream.target,
         "activation": cfg.activation.name,
         "interventions": list(as_dict(cfg.interventions)),

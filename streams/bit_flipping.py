@@ -109,4 +109,4 @@ class BitFlipping(StreamBuilder):
             return EvalSet(torch.zeros((0, self.inputs)), torch.zeros(0), ())
 
         return Stream("bit_flipping", (self.inputs,), 0, 1, self.num_tasks, "domain", build_task, build_test,
-                      target="value")
+                      target="value", data="synthetic bits (generated from the run's seed)")

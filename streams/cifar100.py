@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from plasticity_lab.registry import ConfigError, DataError
+from plasticity_lab.streams.download import where_to_get
 from plasticity_lab.streams.pickles import load_data_pickle
 from plasticity_lab.streams.stream import EvalSet, Stream, StreamBuilder, stream_builders, task_rng
 from plasticity_lab.streams.task import Task
@@ -40,8 +41,8 @@ def _find(root: Path, name: str) -> Path:
     for candidate in (root / name, root / "cifar-100-python" / name):
         if candidate.is_file():
             return candidate
-    raise DataError(f"no CIFAR-100 '{name}' file under {root} (nor {root / 'cifar-100-python'}); extract "
-                    "cifar-100-python.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html and pass data.root=DIR")
+    raise DataError(f"no CIFAR-100 '{name}' file under {root} (nor {root / 'cifar-100-python'}); "
+                    + where_to_get("cifar100_incremental"))
 
 
 def read_split(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
@@ -111,7 +112,7 @@ class IncrementalCIFAR100(StreamBuilder):
     def build(self, seed: int, data_root: str | None = None) -> Stream:
         if data_root is None:
             raise DataError("cifar100_incremental needs data.root: a directory with CIFAR-100's python-version "
-                            "'train' and 'test' files (cifar-100-python.tar.gz, extracted)")
+                            "'train' and 'test' files; " + where_to_get("cifar100_incremental"))
         x_tr, y_tr, x_te, y_te = load_cifar100(str(data_root))
         present = torch.unique(y_tr)
         order = [int(c) for c in task_rng(seed, 0, "cifar_class_order").permutation(100) if c in set(present.tolist())]
@@ -144,7 +145,8 @@ class IncrementalCIFAR100(StreamBuilder):
             return int(per_class[list(seen(k)) if self.cumulative else order[k * cpt:(k + 1) * cpt]].sum())
 
         return Stream("cifar100_incremental", (3, 32, 32), 100, 100, num_tasks, "task", build_task, build_test,
-                      augment=random_crop_flip if self.augment else None, train_sizes=train_size)
+                      augment=random_crop_flip if self.augment else None, train_sizes=train_size,
+                      data=f"CIFAR-100 ({data_root})")
 
     def _subsample(self, y: torch.Tensor) -> torch.Tensor:
         """Indices of the first ``train_per_class`` images of each class (all when null)."""

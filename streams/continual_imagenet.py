@@ -77,4 +77,5 @@ class ContinualImageNet(StreamBuilder):
             return Task(id=k, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test, classes=(0, 1),
                         origin={"stream": "continual_imagenet", "seed": seed, "task": k, "imagenet_classes": pair(k)})
 
-        return Stream("continual_imagenet", tuple(meta["shape"]), 2, 2, self.num_tasks, "domain", build_task, build_test)
+        return Stream("continual_imagenet", tuple(meta["shape"]), 2, 2, self.num_tasks, "domain", build_task, build_test,
+                      data=f"downsampled ImageNet 32x32 ({data_root})")

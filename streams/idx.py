@@ -45,4 +45,7 @@ def find_idx(root: Path, stem: str) -> Path:
     for name in (stem, stem + ".gz", stem.replace("-idx", ".idx"), stem.replace("-idx", ".idx") + ".gz"):
         if (root / name).is_file():
             return root / name
-    raise ConfigError("data.root", str(root), f"a directory holding {stem} or {stem}.gz (standard MNIST IDX files)")
+    from plasticity_lab.streams.download import where_to_get
+
+    raise ConfigError("data.root", str(root), f"a directory holding {stem} or {stem}.gz (standard MNIST IDX files); "
+                      + where_to_get("permuted_mnist"))

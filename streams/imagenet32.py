@@ -130,7 +130,9 @@ def _batches(paths: list[Path], num_classes: int) -> Iterator[tuple[Path, tuple[
 
 def load_meta(root: str | Path | None) -> dict:
     """The converted directory's metadata, or a DataError saying how to make it."""
-    hint = "convert the downloaded files first: lab data imagenet32 --src DOWNLOADS --out DIR, then data.root=DIR"
+    from plasticity_lab.streams.download import where_to_get
+
+    hint = where_to_get("continual_imagenet")
     if root is None:
         raise DataError(f"continual_imagenet needs data.root (no ImageNet ships with the lab); {hint}")
     path = Path(root) / "meta.json"

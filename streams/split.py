@@ -62,4 +62,5 @@ class SplitMNIST(StreamBuilder):
                         {"stream": "split_mnist", "pair": list(pair), "scenario": self.scenario})
 
         out = 2 if self.scenario == "domain" else 10
-        return Stream("split_mnist", (data.x_train.shape[1],), 10, out, self.num_tasks, self.scenario, build_task)
+        return Stream("split_mnist", (data.x_train.shape[1],), 10, out, self.num_tasks, self.scenario, build_task,
+                      data=data.description)

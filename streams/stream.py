@@ -39,6 +39,8 @@ class Stream:
     drawing from torch's global generator, so it is seeded and resumable.
     ``train_sizes(k)``: task k's training-set size where tasks differ in size
     (for progress and ETA; otherwise every task is assumed as large as the first).
+    ``data``: what the examples come from, in words (the start banner, the
+    summary and plot titles say it: a Fashion-MNIST run is not "MNIST").
     """
 
     name: str
@@ -52,6 +54,7 @@ class Stream:
     target: str = "class"
     augment: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
     train_sizes: Optional[Callable[[int], int]] = None
+    data: str = "synthetic"
 
     def train_size(self, k: int) -> int:
         """Training examples of task ``k`` (without building it where the stream knows)."""

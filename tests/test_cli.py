@@ -1,5 +1,7 @@
 """The `lab` command: bad input exits 2 with one line before training; list; multirun; plot."""
+import csv
 import gzip
+import io
 import json
 import os
 import subprocess
@@ -37,7 +39,8 @@ QUIET = ["wandb.enabled=false", "progress=off"]
     (["seed=1", "seed=2"], ["seed", "given twice"]),
     (["=5"], ["override='=5'", "key=value"]),
     (["seeds=[0,1]", "agent.optimizer.name=adam"], ["seeds=[0, 1]", "Adam", "--multirun seed=0,1"]),
-    (["out_dir=/proc/version/run"], ["out_dir", "/proc/version/run"]),
+    (["out_dir=/proc/version/run"], ["out_dir", "/proc/version/run"]),  # under a file
+    (["out_dir=/sys/lab-run"], ["out_dir", "/sys/lab-run", "create and write"]),  # under a folder no one may write
 ])
 def test_bad_input_is_one_clear_line_and_exit_2(overrides, names, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -146,6 +149,9 @@ def test_run_prints_table_and_multirun_sweeps_seeds(tmp_path, capsys, monkeypatc
     assert "online accuracy" in out and "output: one" in out
     assert main(["run", "--multirun", *tiny, "activation=relu,tanh", "seed=0,1"]) == 0
     summaries = sorted(Path("runs/multirun").rglob("summary.json"))
+    # job folders are named after the swept values (the fixed overrides left out)
+    assert sorted(p.parent.name for p in summaries) == ["activation=relu,seed=0", "activation=relu,seed=1",
+                                                         "activation=tanh,seed=0", "activation=tanh,seed=1"]
     runs = [json.loads(p.read_text()) for p in summaries]
     assert sorted((r["activation"], r["seed"]) for r in runs) == [("relu", 0), ("relu", 1), ("tanh", 0), ("tanh", 1)]
     assert len({tuple(r["online_loss"]) for r in runs}) == 4
@@ -162,10 +168,46 @@ def test_run_prints_table_and_multirun_sweeps_seeds(tmp_path, capsys, monkeypatc
     mean = sum(r["avg_accuracy"] for r in relu) / 2
     assert f"{mean:.3f} ±" in [r for r in rows if "activation=relu" in r][0]
     assert main(["compare", "runs/multirun", "--format", "csv"]) == 0
-    assert capsys.readouterr().out.startswith("method,seeds,avg accuracy")
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    relu_row = [r for r in rows if "activation=relu" in r["method"]][0]
+    assert float(relu_row["avg accuracy mean"]) == pytest.approx(mean)
+    se = abs(relu[0]["avg_accuracy"] - relu[1]["avg_accuracy"]) / 2  # std(ddof=1)/sqrt(2) of two values
+    assert float(relu_row["avg accuracy se"]) == pytest.approx(se)
     assert main(["plot", "runs/multirun", "--out", "cmp"]) == 0
     for name in ("online_accuracy.png", "diagnostics.png", "final_accuracy.png", "acc_matrix_0.png", "acc_matrix_1.png"):
         assert (tmp_path / "cmp" / name).stat().st_size > 10_000, name
+
+
+def test_a_sweep_with_a_failed_job_says_so_and_exits_with_its_status(tmp_path, capsys, monkeypatch):
+    """A job that diverges neither ends the sweep nor hides: the sweep lists
+    it with its error line and exits 3; lab compare lists it with its status;
+    a lone run has no "± 0.000"."""
+    monkeypatch.chdir(tmp_path)
+    tiny = [*QUIET, "stream.num_tasks=2", "stream.examples_per_task=512"]  # 1e9 diverges within 32 steps here
+    assert main(["run", "--multirun", *tiny, "agent.optimizer.lr=0.1,1e9"]) == 3
+    out = capsys.readouterr().out
+    assert "  agent.optimizer.lr=0.1: finished" in out
+    assert "  agent.optimizer.lr=1000000000.0: failed (exit 3): the training loss became nan" in out
+    assert "2 job(s)" in out and "1 finished, 1 failed" in out
+    assert main(["compare", "runs/multirun"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    finished = [l for l in lines if "| finished |" in l]
+    failed = [l for l in lines if "agent.optimizer.lr=1000000000.0" in l]
+    assert len(finished) == 1 and "±" not in finished[0] and "| 1 |" in finished[0]
+    assert len(failed) == 1 and "failed (exit 3): the training loss became nan" in failed[0]
+
+
+def test_compare_shows_a_regression_run_s_squared_error(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", *QUIET, "experiment=bit_flipping", "stream.num_tasks=2", "stream.flip_every=50",
+                 "out_dir=bits"]) == 0
+    capsys.readouterr()
+    assert main(["compare", "bits", "--format", "csv"]) == 0
+    (row,) = csv.DictReader(io.StringIO(capsys.readouterr().out))
+    assert "avg accuracy mean" not in row
+    summary = json.loads(Path("bits/summary.json").read_text())
+    assert float(row["online sq. error (last 10%) mean"]) == pytest.approx(summary["online_loss"][-1])
+    assert row["online sq. error (last 10%) se"] == ""  # one run: no spread measured
 
 
 def test_dashboard_dry_run_prints_a_valid_workspace_spec(capsys):
