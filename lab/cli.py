@@ -37,6 +37,15 @@ def main(argv: list[str] | None = None) -> int:
     p_run = sub.add_parser("run", help="train; Hydra overrides key=value, --multirun to sweep")
     p_run.add_argument("--multirun", "-m", action="store_true", help="sweep comma-separated values (Hydra launcher)")
     p_run.add_argument("overrides", nargs="*", help="e.g. experiment=split_mnist seed=3 agent.optimizer.lr=0.01")
+    p_run.add_argument("--cfg", choices=("job",), help="print the composed config (as Hydra's --cfg job) and exit")
+    p_run.add_argument("--config-dir", "-cd", help="a folder of your own configs (experiment/*.yaml presets, or a "
+                       "primary config); the lab's configs stay on the search path")
+    p_run.add_argument("--config-name", "-cn", default="config", help="the primary config's name (default: config)")
+    p_rerun = sub.add_parser("rerun", help="run a saved run's config.yaml again, exactly, into a new directory")
+    p_rerun.add_argument("run_dir")
+    p_rerun.add_argument("overrides", nargs="*", help="key=value changes (e.g. seed=4 out_dir=runs/again)")
+    p_rerun.add_argument("--trust-plugins", action="store_true",
+                         help="import the plug-in modules the run's config.yaml names (they run code)")
     p_res = sub.add_parser("resume", help="continue a stopped or killed run (or every job of a sweep) from its checkpoint")
     p_res.add_argument("out_dir")
     p_res.add_argument("overrides", nargs="*", help="key=value changes applied on purpose, e.g. agent.optimizer.lr=0.01")
@@ -74,7 +83,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.command == "run":
-            return _multirun(args.overrides) if args.multirun else _run(args.overrides)
+            from plasticity_lab.lab.config import ConfigSource
+
+            source = ConfigSource(args.config_dir, args.config_name)
+            if args.multirun:
+                return _multirun(args.overrides, source=source)
+            return _run(args.overrides, source, print_only=args.cfg == "job")
+        if args.command == "rerun":
+            return _rerun(Path(args.run_dir), args.overrides, args.trust_plugins)
         if args.command == "resume":
             return _resume(Path(args.out_dir), args.overrides, args.trust_plugins)
         if args.command == "sync":
@@ -159,10 +175,39 @@ def _print_seeds(summaries: list[dict[str, Any]]) -> None:
           f"plots: lab plot {dirs[0].parent} --out {dirs[0].parent / 'plots'}")
 
 
-def _run(overrides: list[str]) -> int:
+def _run(overrides: list[str], source: Any, print_only: bool = False) -> int:
+    from omegaconf import OmegaConf
+
     from plasticity_lab.lab.config import compose_config
 
-    return _train(compose_config(overrides))
+    cfg = compose_config(overrides, source)
+    if print_only:
+        print(OmegaConf.to_yaml(cfg), end="")
+        return 0
+    return _train(cfg)
+
+
+def _rerun(run_dir: Path, overrides: list[str], trust_plugins: bool) -> int:
+    """The saved run's resolved config.yaml, trained again from the start into
+    a new directory (``out_dir=...`` to choose it), with ``overrides`` applied."""
+    from omegaconf import OmegaConf
+
+    from plasticity_lab.lab.config import override_saved
+    from plasticity_lab.lab.rundir import CONFIG
+    from plasticity_lab.registry import load_plugins
+
+    if not (run_dir / CONFIG).is_file():
+        raise ConfigError("run_dir", str(run_dir), "a run directory holding config.yaml (written by `lab run`)")
+    saved = OmegaConf.load(run_dir / CONFIG)
+    plugins = list(saved.get("plugins") or [])
+    if plugins and not trust_plugins:
+        raise ConfigError("plugins", plugins, f"modules you trust: {run_dir / CONFIG} names plug-ins that run code "
+                          f"when imported; rerun with: lab rerun {run_dir} --trust-plugins")
+    load_plugins(plugins)
+    cfg = override_saved(saved, overrides, str(run_dir / CONFIG))
+    if not any(o.startswith("out_dir=") for o in overrides):
+        cfg.out_dir = None  # a new directory: the saved run stays as it is
+    return _train(cfg)
 
 
 def _resume(out: Path, overrides: list[str], trust_plugins: bool) -> int:
@@ -228,7 +273,7 @@ def _sync(dirs: list[Path], upload: bool) -> int:
     return 0
 
 
-def _multirun(overrides: list[str], sweep_dir: Path | None = None) -> int:
+def _multirun(overrides: list[str], sweep_dir: Path | None = None, source: Any = None) -> int:
     """Sweep with Hydra's multirun (its launcher spreads the jobs); each job is
     a normal run in ``runs/multirun/<time>/<swept values>`` (or ``sweep_dir``,
     where a finished job is left as it is and an unfinished one resumes). A
@@ -237,11 +282,12 @@ def _multirun(overrides: list[str], sweep_dir: Path | None = None) -> int:
     import hydra
     from hydra.core.hydra_config import HydraConfig
 
-    from plasticity_lab.lab.config import compose_config, config_dir, strategy_choice
+    from plasticity_lab.lab.config import ConfigSource, compose_config, strategy_choice
 
+    source = source or ConfigSource()
     overrides = [strategy_choice(o) for o in overrides]
     for combo in _first_values(overrides):
-        compose_config(combo)  # every name and value valid before any job starts
+        compose_config(combo, source)  # every name and value valid before any job starts
     from plasticity_lab.lab.group import claim_dir
     from plasticity_lab.lab.rundir import is_finished
     from plasticity_lab.lab.stop import EXIT_STOPPED
@@ -250,7 +296,7 @@ def _multirun(overrides: list[str], sweep_dir: Path | None = None) -> int:
     sweep_dir = sweep_dir or claim_dir(Path("runs") / "multirun" / datetime.now().strftime("%Y%m%d-%H%M%S"))
     stopped: list[int] = []  # a signal stops the sweep, not only its running job
 
-    @hydra.main(config_path=config_dir(), config_name="config", version_base=None)
+    @hydra.main(config_path=source.path(), config_name=source.name, version_base=None)
     def job(cfg: Any) -> None:
         out = Path(HydraConfig.get().runtime.output_dir)
         if is_finished(out):
@@ -259,7 +305,7 @@ def _multirun(overrides: list[str], sweep_dir: Path | None = None) -> int:
             stopped.append(code)
 
     saved = sys.argv
-    sys.argv = ["lab", "--multirun", *overrides, f"hydra.sweep.dir={sweep_dir}", *job_subdir(overrides),
+    sys.argv = ["lab", "--multirun", *source.overrides(), *overrides, f"hydra.sweep.dir={sweep_dir}", *job_subdir(overrides),
                 "hydra/job_logging=disabled", "hydra/hydra_logging=disabled"]
     try:
         job()
@@ -374,16 +420,18 @@ def _dashboard(project: str, entity: str | None, dry_run: bool, run_dirs: list[P
     from plasticity_lab.lab.compare import declared_metrics, load_runs
     from plasticity_lab.lab.dashboard import build_workspace, save_workspace, spec
 
-    layout = spec(declared_metrics(load_runs(run_dirs)) if run_dirs else None)
+    runs = load_runs(run_dirs) if run_dirs else []
+    logged = {k for r in runs for line in (r.path / "metrics.jsonl").open() for k in json.loads(line)} if runs else None
+    layout = spec(declared_metrics(runs) if runs else None, logged)
     if dry_run:
         build_workspace(project, entity or "your-entity", layout)  # the spec must make a valid workspace
         print(json.dumps({"project": project, "entity": entity, **layout}, indent=1))
         return 0
-    if entity is None:
-        import wandb
-
-        entity = wandb.Api().default_entity
     try:
+        if entity is None:
+            import wandb
+
+            entity = wandb.Api().default_entity
         print(save_workspace(project, entity, layout))
     except Exception as err:  # no login, no network, no such project: say so, nothing was changed
         raise ConfigError("dashboard", f"{entity}/{project}", f"a reachable W&B project with a login ({err}); "

@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from importlib.resources import files
+from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from hydra import compose, initialize_config_dir
@@ -23,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from plasticity_lab.agents.activations import activations
 from plasticity_lab.agents.interventions import interventions
 from plasticity_lab.metrics.tracker import Tracker
-from plasticity_lab.registry import ConfigError, load_plugins, params_of
+from plasticity_lab.registry import ConfigError, did_you_mean, load_plugins, params_of
 from plasticity_lab.streams import stream_builders
 
 
@@ -139,6 +140,40 @@ def config_dir() -> str:
     return str(files("plasticity_lab.configs"))
 
 
+@dataclass(frozen=True)
+class ConfigSource:
+    """Where the primary config comes from (Hydra's ``--config-dir`` and
+    ``--config-name``): the lab's packaged ``config``, or ``name`` in a user's
+    ``directory``, with the lab's own configs on the search path behind it (so
+    the user's folder may add ``experiment/*.yaml`` presets, or a primary
+    config whose defaults start from the lab's ``config``)."""
+
+    directory: Optional[str] = None
+    name: str = "config"
+
+    def path(self) -> str:
+        """The folder Hydra starts from (the one holding the primary config)."""
+        if self.directory and self.name != "config":
+            return str(Path(self.directory).expanduser().resolve())
+        return config_dir()
+
+    def overrides(self) -> list[str]:
+        """The other folder, on Hydra's search path (a primary config is only found in the first)."""
+        if not self.directory:
+            return []
+        if self.name != "config":
+            return ["hydra.searchpath=[pkg://plasticity_lab.configs]"]
+        return [f"hydra.searchpath=[file://{Path(self.directory).expanduser().resolve()}]"]
+
+    def check(self) -> None:
+        if self.directory and not Path(self.directory).expanduser().is_dir():
+            raise ConfigError("--config-dir", self.directory, "an existing directory of YAML configs")
+        folder = Path(self.directory).expanduser() if self.directory else Path(config_dir())
+        names = sorted({p.stem for p in folder.glob("*.yaml")} | {"config"})
+        if self.name not in names:
+            raise ConfigError("--config-name", self.name, names)
+
+
 def register_config_nodes() -> None:
     """Put the schema and one node per registered plug-in in Hydra's ConfigStore."""
     cs = ConfigStore.instance()
@@ -165,21 +200,22 @@ def plugin_modules(overrides: list[str]) -> list[str]:
     return []
 
 
-def compose_config(overrides: list[str]) -> DictConfig:
+def compose_config(overrides: list[str], source: ConfigSource = ConfigSource()) -> DictConfig:
     """The resolved run config for ``overrides`` (``key=value`` strings).
 
     Loads plug-ins first, then composes; any composition problem becomes a
     ConfigError naming the key, the value and the valid choices.
     """
     check_overrides(overrides)
+    source.check()
     load_plugins(plugin_modules(overrides))
     register_config_nodes()
     overrides = [strategy_choice(o) for o in overrides]
     _check_intervention_names(overrides)
     try:
-        cfg = _compose(list(overrides))
+        cfg = _compose(list(overrides), source)
     except Exception as err:  # Hydra raises several exception types; all are user errors here
-        raise _readable(err, overrides) from None
+        raise _readable(err, overrides, source) from None
     OmegaConf.resolve(cfg)
     return cfg
 
@@ -198,6 +234,36 @@ def check_overrides(overrides: list[str]) -> None:
         seen[name] = value
 
 
+def override_saved(saved: DictConfig, overrides: list[str], where: str) -> DictConfig:
+    """A copy of ``saved`` (a run's resolved config.yaml, read from ``where``)
+    with ``key=value`` overrides applied, their values read by Hydra's override
+    grammar as ``lab run`` reads them (``progress=off`` stays the word "off",
+    not YAML's false); only keys the saved config has (a typo gets the closest)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from plasticity_lab.lab.rundir import flat
+
+    check_overrides(overrides)
+    merged = OmegaConf.create(OmegaConf.to_container(saved, resolve=True))
+    known = list(flat(OmegaConf.to_container(merged)))
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except Exception as err:  # Hydra's grammar error: name the override
+        raise ConfigError("override", overrides, str(err).splitlines()[0]) from None
+    for o in parsed:
+        key = o.key_or_group
+        if key not in known:
+            raise ConfigError(key, o.value(), f"a key of {where}" + did_you_mean(key, known))
+        value = o.value()
+        if key == "interventions" and isinstance(value, list):  # names, as lab run takes them: each with its defaults
+            for name in value:
+                if name not in interventions:
+                    raise ConfigError("interventions", name, interventions.names())
+            value = {name: interventions.params(name) for name in value}
+        OmegaConf.update(merged, key, value, merge=False)
+    return merged
+
+
 def strategy_choice(override: str) -> str:
     """``agent.strategy=ewc`` picks the strategy's config node (``agent/strategy=ewc``)."""
     key, sep, value = override.partition("=")
@@ -214,13 +280,13 @@ def _check_intervention_names(overrides: list[str]) -> None:
                 raise ConfigError("interventions", name.strip(), interventions.names() or ["(none registered)"])
 
 
-def _compose(overrides: list[str]) -> DictConfig:
+def _compose(overrides: list[str], source: ConfigSource = ConfigSource()) -> DictConfig:
     GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=config_dir(), version_base=None):
-        return compose("config", overrides=overrides)
+    with initialize_config_dir(config_dir=source.path(), version_base=None):
+        return compose(source.name, overrides=[*source.overrides(), *overrides])
 
 
-def _readable(err: Exception, overrides: list[str]) -> ConfigError:
+def _readable(err: Exception, overrides: list[str], source: ConfigSource = ConfigSource()) -> ConfigError:
     """Translate a Hydra composition error into a ConfigError."""
     text = str(err)
     missing = re.search(r"Could not find '([^']+)/([^/']+)'", text)
@@ -234,19 +300,39 @@ def _readable(err: Exception, overrides: list[str]) -> ConfigError:
     if unknown:
         key = unknown.group(1)
         value = next((o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0].lstrip("+~") == key), None)
-        return ConfigError(key, value, f"a known config key ({_siblings(key)})")
+        others = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") != key]
+        return ConfigError(key, value, _unknown_key(key, others, source))
     cause = err.__cause__ or err.__context__
     detail = str(cause).splitlines()[0] if cause else ""
     m = re.search(r"override (\S+)", text)
     key, _, value = (m.group(1) if m else "override").partition("=")
+    if "is not a ListConfig, list or tuple" in detail:
+        return ConfigError(key, value, f"a list like [{value}]")
     return ConfigError(key, value, detail or text.splitlines()[0])
 
 
-def _siblings(key: str) -> str:
-    """The valid keys beside ``key`` in the default config."""
+def _unknown_key(key: str, others: list[str], source: ConfigSource) -> str:
+    """What to say about an unknown ``key``: the keys beside it in the config
+    the other overrides compose (so ``activation=elephant activation.dd=4``
+    lists elephant's own parameters), the closest one, or that an
+    intervention's parameter needs the intervention chosen."""
     parent = key.rpartition(".")[0]
-    base = _compose([])
+    try:
+        base = _compose(others, source)
+    except Exception:  # the other overrides have problems of their own: fall back to the defaults
+        base = _compose([], source)
+    parts = key.split(".")
+    if parts[0] == "interventions" and len(parts) > 2 and parts[1] not in (base.interventions or {}):
+        if parts[1] not in interventions:
+            return (f"an intervention's parameter; {parts[1]!r} is none of: {', '.join(interventions.names())}"
+                    + did_you_mean(parts[1], interventions.names()))
+        return (f"{parts[1]} among the run's interventions first: add interventions=[{parts[1]}] "
+                f"(chosen now: {list(base.interventions) or 'none'})")
     node = OmegaConf.select(base, parent) if parent else base
-    if isinstance(node, DictConfig):
-        return "keys here: " + ", ".join(f"{parent + '.' if parent else ''}{k}" for k in node.keys())
-    return f"no key {key!r}"
+    if not isinstance(node, DictConfig):
+        grand = parent.rpartition(".")[0]
+        above = OmegaConf.select(base, grand) if grand else base
+        sections = [f"{grand + '.' if grand else ''}{k}" for k in above.keys()] if isinstance(above, DictConfig) else []
+        return f"a known config key (there is no {parent!r} section)" + did_you_mean(parent, sections)
+    siblings = [f"{parent + '.' if parent else ''}{k}" for k in node.keys()]
+    return "a known config key (keys here: " + ", ".join(siblings) + ")" + did_you_mean(key, siblings)

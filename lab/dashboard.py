@@ -5,9 +5,11 @@
 (metrics/catalog.py: each metric's ``panel``): online accuracy per task,
 dead units, effective rank, weight magnitude, forgetting and the plasticity
 probes, each averaged per method (runs grouped by activation, interventions
-and optimizer, mean ± standard error over seeds), against the global step (a
+and optimizer, mean ± standard error over seeds). A metric measured at task
+starts is plotted against the task; the others against the global step (a
 task-end record and the next task's start record share a step, so the
-``task`` field of that W&B row is the new task's). ``lab dashboard --dry-run``
+``task`` field of that W&B row is the new task's: right for a task-start
+measurement, one off for a task-end one). ``lab dashboard --dry-run``
 prints it; without ``--dry-run`` it is saved to the project (needs a login and
 network).
 """
@@ -22,15 +24,22 @@ GROUP_BY = ["experiment", "activation.name", "interventions", "agent.optimizer.n
 SECTION_ORDER = ("Plasticity", "Representation", "Forgetting")
 
 
-def spec(extra: dict[str, MetricFacts] | None = None) -> dict[str, Any]:
+def spec(extra: dict[str, MetricFacts] | None = None, logged: set[str] | None = None) -> dict[str, Any]:
     """The workspace: one section per ``panel`` named in the metric catalog
-    (and in ``extra``, facts read from runs), one line plot per metric; a
-    per-layer metric's plot matches every layer by regex (``^name/``), so a
-    conv net's conv1..fc2 show up as an MLP's h1..h3 do."""
+    (and in ``extra``, facts read from runs), one line plot per metric. A
+    per-layer metric's plot names the layers the runs logged (``logged``: their
+    record keys, e.g. conv1..fc2 for a conv net), or without runs matches
+    every layer by regex (``^name/``)."""
     sections: dict[str, list[dict[str, Any]]] = {}
     for name, facts in shown("panel", extra).items():
-        series = {"y": [name]} if facts.per == "global" else {"metric_regex": f"^{re.escape(name)}/"}
-        sections.setdefault(facts.panel, []).append({"title": facts.title, "x": "Step", **series})
+        if facts.per == "global":
+            series: dict[str, Any] = {"y": [name]}
+        elif logged:
+            series = {"y": sorted(k for k in logged if k.startswith(name + "/"))}
+        else:
+            series = {"metric_regex": f"^{re.escape(name)}/"}
+        x = "task" if facts.when == "task_start" else "Step"
+        sections.setdefault(facts.panel, []).append({"title": facts.title, "x": x, **series})
     order = sorted(sections, key=lambda n: (SECTION_ORDER.index(n) if n in SECTION_ORDER else len(SECTION_ORDER), n))
     return {"name": "plasticity-lab", "group_by": GROUP_BY,
             "sections": [{"name": n, "panels": sections[n]} for n in order]}

@@ -96,8 +96,13 @@ def run(cfg: DictConfig, out_dir: str | Path | None = None, resume: bool = False
     stop = StopRequest().install()
     try:
         return train(group, stop)
+    except Stopped:  # resumable: not a failure
+        raise
     except NonFiniteLoss as err:
         mark_failed(group.out, EXIT_NONFINITE, str(err))
+        raise
+    except ConfigError as err:  # e.g. the disk filled up: one line, exit 2
+        mark_failed(group.out, 2, str(err))
         raise
     except Exception as err:  # a crash: recorded for lab status/compare, then raised as it is
         mark_failed(group.out, 1, f"{type(err).__name__}: {err}".splitlines()[0])

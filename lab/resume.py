@@ -13,8 +13,7 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
-from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf import DictConfig
 
 from plasticity_lab.lab.rundir import differences
 from plasticity_lab.registry import ConfigError
@@ -70,16 +69,6 @@ def check(old: dict[str, Any], new: dict[str, Any], requested: Iterable[str] = (
 def with_overrides(saved: DictConfig, overrides: list[str]) -> tuple[DictConfig, list[str]]:
     """``saved`` with ``key=value`` overrides merged in (known keys only); also
     the dotted keys they set (what the user asked to change on purpose)."""
-    for o in overrides:
-        key, sep, _ = o.partition("=")
-        if not sep or not key:
-            raise ConfigError("override", o, "key=value, e.g. agent.optimizer.lr=0.01")
-    merged = OmegaConf.create(OmegaConf.to_container(saved, resolve=True))
-    OmegaConf.set_struct(merged, True)
-    try:
-        merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(overrides))
-    except OmegaConfBaseException as err:
-        key = getattr(err, "full_key", None) or overrides[0].partition("=")[0]
-        raise ConfigError(str(key), next((o.partition("=")[2] for o in overrides if o.startswith(f"{key}=")), None),
-                          "a key of the run's config.yaml") from None
-    return merged, [o.partition("=")[0] for o in overrides]
+    from plasticity_lab.lab.config import override_saved
+
+    return override_saved(saved, overrides, "the run's config.yaml"), [o.partition("=")[0] for o in overrides]

@@ -40,9 +40,19 @@ class ConfigError(ValueError):
 
     def __init__(self, field: str, value: Any, expected: str | Iterable[str]):
         if not isinstance(expected, str):
-            expected = "one of: " + ", ".join(sorted(expected))
+            choices = sorted(map(str, expected))
+            expected = "one of: " + ", ".join(choices) + did_you_mean(value, choices)
         self.field, self.value, self.expected = field, value, expected
         super().__init__(f"{field}={value!r} is not valid; expected {expected}")
+
+
+def did_you_mean(value: Any, choices: Iterable[str]) -> str:
+    """``" (did you mean 'relu'?)"`` for the choice closest to a mistyped ``value``
+    (difflib's ratio of at least 0.6), else ``""``."""
+    import difflib
+
+    close = difflib.get_close_matches(str(value), list(choices), n=1, cutoff=0.6) if isinstance(value, str) else []
+    return f" (did you mean {close[0]!r}?)" if close and close[0] != value else ""
 
 
 class DataError(ConfigError):

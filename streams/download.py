@@ -94,7 +94,10 @@ def fetch(source: DataSource, out: str | Path, mirror: str | None = None,
                                                  md5=md5, extract_root=str(out))
                     break
                 except (URLError, OSError, RuntimeError) as err:
-                    errors.append(f"{base}{filename}: {str(err).splitlines()[0][:160]}")
+                    why = str(err).splitlines()[0][:160]
+                    if "corrupted" in why:  # torchvision's words for an MD5 mismatch
+                        why = "its MD5 checksum is not the one torchvision records (a different or damaged file)"
+                    errors.append(f"{base}{filename}: {why}")
             else:
                 raise DataError(f"could not download {filename} ({'; '.join(errors)}); without a network, put "
                                 f"{source.layout} from {source.page} into {out} by hand, then data.root={out}")

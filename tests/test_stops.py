@@ -15,7 +15,7 @@ import torch
 from conftest import latest
 from wandb_records import history
 
-VOLATILE = {"wall_time_s", "examples_per_s", "plots", "out_dir", "wandb_sync", "resumes"}
+VOLATILE = {"wall_time_s", "examples_per_s", "plots", "out_dir", "wandb_sync", "resumes", "provenance"}  # provenance: when and by which processes, not what
 QUIET = ["wandb.enabled=false", "progress=off"]
 
 KILLER = '''
@@ -434,13 +434,15 @@ def test_lab_resume_of_a_sweep_resumes_its_unfinished_jobs_and_starts_the_rest(t
     killed = lab("run", "--multirun", *sweep, cwd=tmp_path, env={**os.environ, "KILL_AT": "end:4"})
     assert killed.returncode == -signal.SIGKILL
     (sweep_dir,) = (tmp_path / "runs" / "multirun").iterdir()
-    assert (sweep_dir / "0" / "finished.json").is_file() and not (sweep_dir / "1" / "finished.json").exists()
-    assert not (sweep_dir / "2").exists()
+    # job folders are named after the swept value
+    assert (sweep_dir / "seed=0" / "finished.json").is_file() and not (sweep_dir / "seed=1" / "finished.json").exists()
+    assert not (sweep_dir / "seed=2").exists()
     compare = lab("compare", str(sweep_dir), cwd=tmp_path)
-    assert compare.returncode == 0 and "left out" in compare.stderr and "stopped at task 2/2" in compare.stderr
+    assert compare.returncode == 0 and "| seed=1 | - | stopped at task 2/2 |" in compare.stdout, compare.stdout
     resumed = lab("resume", str(sweep_dir), "--trust-plugins", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
-    assert all((sweep_dir / str(j) / "finished.json").is_file() for j in range(3))
+    assert all((sweep_dir / f"seed={j}" / "finished.json").is_file() for j in range(3))
+    assert "3 job(s)" in resumed.stdout and "3 finished, 0 failed" in resumed.stdout
     assert "finished; left as it is" in resumed.stdout
 
 

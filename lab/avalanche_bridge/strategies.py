@@ -14,6 +14,8 @@ continues without it.
 """
 from __future__ import annotations
 
+import warnings
+
 from typing import Any, Callable
 
 import torch
@@ -53,17 +55,24 @@ class AvalancheAgent(WholeTaskAgent):
         self.strategy = self._build()  # imports avalanche (seconds) before training starts, not inside it
 
     def _build(self) -> Any:
-        import avalanche.training.supervised as sup
-        from avalanche.training.plugins import EvaluationPlugin
+        """The strategy, with Avalanche's two irrelevant warnings silenced: "no QP
+        solver found" (qpsolvers, imported for GEM, which the lab does not offer)
+        and "No loggers specified" (the lab records through its own sinks:
+        lab/avalanche_bridge/plugins.py bridges the strategy's steps to them)."""
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="no QP solver found")
+            warnings.filterwarnings("ignore", message="No loggers specified")
+            import avalanche.training.supervised as sup
+            from avalanche.training.plugins import EvaluationPlugin
 
-        from plasticity_lab.lab.avalanche_bridge.plugins import OnlineAccuracy, StepHooks
+            from plasticity_lab.lab.avalanche_bridge.plugins import OnlineAccuracy, StepHooks
 
-        self._online = OnlineAccuracy()
-        self._hooks = StepHooks(self, [])
-        cls = getattr(sup, self.class_name)
-        return cls(model=self.model, optimizer=self.optimizer, criterion=torch.nn.CrossEntropyLoss(),
-                   train_mb_size=self.batch_size, train_epochs=self.epochs, eval_mb_size=1024, device=self.device,
-                   plugins=[self._online, self._hooks], evaluator=EvaluationPlugin(loggers=[]), **self.params)
+            self._online = OnlineAccuracy()
+            self._hooks = StepHooks(self, [])
+            cls = getattr(sup, self.class_name)
+            return cls(model=self.model, optimizer=self.optimizer, criterion=torch.nn.CrossEntropyLoss(),
+                       train_mb_size=self.batch_size, train_epochs=self.epochs, eval_mb_size=1024, device=self.device,
+                       plugins=[self._online, self._hooks], evaluator=EvaluationPlugin(loggers=[]), **self.params)
 
     def train_task(self, task: Task, task_label: int, step_hooks: list[Callable]) -> tuple[int, float, int, int]:
         """Train ``task`` with the strategy: (correct, summed loss, examples, updates), read once."""
