@@ -106,8 +106,8 @@ def build_run(cfg: DictConfig) -> BuiltRun:
     stream = build_stream(cfg)
     agent = build_agent(cfg, stream, device)
     flops = step_flops(agent.model, torch.zeros(stream.input_shape, device=device), cfg.train.batch_size)
-    threads = choose_threads(cfg.train.threads, flops * (len(cfg.seeds) if cfg.get("seeds") else 1), device,
-                             parallel_jobs())
+    threads = choose_threads(cfg.train.threads, flops * (len(cfg.seeds) if cfg.get("seeds") else 1),
+                             cfg.train.batch_size, device, parallel_jobs())
     apply_threads(threads)
     ivs = build_interventions(cfg)
     tracker = build_tracker(cfg)

@@ -5,19 +5,24 @@ step, measured as the floating-point operations of a forward pass over one
 batch (``torch.utils.flop_counter.FlopCounterMode``: conv nets and MLPs
 alike, no hand-written formula per network):
 
-- below :data:`SMALL_STEP_FLOPS` one thread: a small step is mostly per-call
-  overhead, which threads do not shorten, and extra threads only wait for a
-  core (on a shared machine, ten times slower than one thread);
-- above it, the cores this process may run on (``os.sched_getaffinity``:
-  what SLURM or ``taskset`` gave it), less the ones other processes keep busy
-  (the 1-minute load average), divided among the jobs of a sweep that run at
-  once on this machine (``parallel_jobs``).
+- one thread when the step is small (below :data:`SMALL_STEP_FLOPS`) or the
+  batch is (below :data:`SMALL_BATCH`: matrix-vector products, bound by
+  memory, not arithmetic): there a second thread gains at most ~1.2x on a
+  quiet machine and loses several-fold as soon as another process wants the
+  cores (a shared machine: 5,500 vs 24,900 ex/s for the default run);
+- otherwise the cores this process may run on (``os.sched_getaffinity``:
+  what SLURM or ``taskset`` gave it), divided among the jobs of a sweep that
+  run at once on this machine (``parallel_jobs``).
 
-``benchmarks/threads.py`` measures where more threads start to pay; its
-figures set :data:`SMALL_STEP_FLOPS`. A number (``train.threads=4``) is used
-as given; the summary records the count and why it was chosen, because a
-run's results depend on it (a different reduction order rounds differently).
-On a GPU the threads only drive the host side: one is enough.
+The rule reads nothing that changes from one launch to the next (not the
+machine's load), so the same command on the same allocation uses the same
+threads and gives the same numbers. ``benchmarks/threads.py`` measures where
+more threads pay (2-core CPU, examples/s of 2 threads over 1: 784-100-100-10
+x0.84 at batch 1, x1.22 at batch 16; 784-1000-10 batch 16 x1.18; the paper's
+784-2000x3-10 x0.89 at batch 1, x1.62 at batch 16, x1.40 at batch 128). A
+number (``train.threads=4``) is used as given; the summary records the count
+and why, because a run's results depend on it (a different reduction order
+rounds differently). On a GPU the threads only drive the host side: one is enough.
 """
 from __future__ import annotations
 
@@ -30,9 +35,12 @@ from torch import nn
 
 from plasticity_lab.registry import ConfigError
 
-SMALL_STEP_FLOPS = 2e8
-"""Forward FLOPs per step below which one thread is fastest (benchmarks/threads.py:
-784-100-100-10 at batch 16 is 2.9e6, the paper net at batch 1 1.9e7, conv_net at batch 100 ~3e9)."""
+SMALL_STEP_FLOPS = 1e8
+"""Forward FLOPs per step below which one thread is used (784-100-100-10 at batch 16
+is 2.9e6, 784-1000-10 at batch 16 2.5e7, the paper's net at batch 16 3.1e8)."""
+SMALL_BATCH = 8
+"""Batches below this size use one thread (the paper's net at batch 1: 1.9e7 FLOPs, and
+two threads are slower)."""
 
 
 @dataclass(frozen=True)
@@ -49,14 +57,6 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
-def busy_cores() -> int:
-    """Cores other processes keep busy: the 1-minute load average, rounded down."""
-    try:
-        return int(os.getloadavg()[0])
-    except OSError:
-        return 0
-
-
 def step_flops(net: nn.Module, example: torch.Tensor, batch_size: int) -> float:
     """FLOPs of one forward pass over a batch of ``batch_size`` copies of ``example``."""
     from torch.utils.flop_counter import FlopCounterMode
@@ -67,7 +67,8 @@ def step_flops(net: nn.Module, example: torch.Tensor, batch_size: int) -> float:
     return counter.get_total_flops() * batch_size / min(batch_size, 8)
 
 
-def choose_threads(setting: Any, flops: float, device: torch.device, parallel_jobs: int = 1) -> ThreadChoice:
+def choose_threads(setting: Any, flops: float, batch_size: int, device: torch.device,
+                   parallel_jobs: int = 1) -> ThreadChoice:
     """The thread count for ``train.threads=setting`` (see the module docstring)."""
     if setting not in (None, "auto"):
         if isinstance(setting, bool) or not isinstance(setting, int) or setting < 1:
@@ -75,13 +76,14 @@ def choose_threads(setting: Any, flops: float, device: torch.device, parallel_jo
         return ThreadChoice(setting, "train.threads")
     if device.type != "cpu":
         return ThreadChoice(1, f"auto: the step runs on {device.type}")
+    if batch_size < SMALL_BATCH:
+        return ThreadChoice(1, f"auto: a small batch ({batch_size} < {SMALL_BATCH})")
     if flops < SMALL_STEP_FLOPS:
         return ThreadChoice(1, f"auto: a small step ({flops:.1e} FLOPs < {SMALL_STEP_FLOPS:.0e})")
-    cores, busy = available_cores(), busy_cores()
-    free = max(1, cores - busy)
-    n = max(1, free // max(1, parallel_jobs))
-    jobs = f", {parallel_jobs} parallel jobs" if parallel_jobs > 1 else ""
-    return ThreadChoice(n, f"auto: {flops:.1e} FLOPs per step; {cores} cores, {busy} busy{jobs}")
+    cores = available_cores()
+    n = max(1, cores // max(1, parallel_jobs))
+    jobs = f" shared by {parallel_jobs} parallel jobs" if parallel_jobs > 1 else ""
+    return ThreadChoice(n, f"auto: {flops:.1e} FLOPs per step; {cores} cores{jobs}")
 
 
 def parallel_jobs() -> int:
