@@ -13,12 +13,12 @@ columns c*P .. c*P+P-1 of the first fc layer (P = pooled positions, 4 here).
 """
 from __future__ import annotations
 
-import math
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from plasticity_lab.agents.activations import make_activation, width_factor
+from plasticity_lab.agents.activations import init_gain, make_activation, width_factor
+from plasticity_lab.agents.init import PYTORCH, fans
 from plasticity_lab.agents.networks import NetworkSpec, UnitLayer, networks
 from plasticity_lab.registry import ConfigError
 
@@ -63,34 +63,51 @@ class ConvNet(nn.Module):
                                   f"fewer conv layers for {input_shape} inputs (the maps shrink to nothing)") from None
         self.positions = int(probe.shape[2] * probe.shape[3])
         widths = [channels[-1] * self.positions, *hidden]
-        fcs = [nn.Linear(i, o, bias=bias) for i, o in zip(widths, [*hidden, output_size])]
+        fcs = [nn.Linear(i, o, bias=bias if k < len(hidden) else spec.head_bias)
+               for k, (i, o) in enumerate(zip(widths, [*hidden, output_size]))]
+        self.init = spec.init.filled("pytorch", "pytorch", "pytorch")
+        self.gain = init_gain(activation, params)
         self.num_conv = len(convs)
         self.layers = nn.ModuleList([*convs, *fcs])
         self.hidden_names = [f"conv{i + 1}" for i in range(len(convs))] + [f"fc{i + 1}" for i in range(len(hidden))]
         self.norms = nn.ModuleList(nn.Identity() for _ in self.hidden_names)
         self.acts = nn.ModuleList(make_activation(activation, w, **params) for w in [*channels, *hidden])
+        if self.init != PYTORCH:  # the layers were built with PyTorch's init: draw another only when asked
+            self.reset_parameters()
 
     @property
     def layer_names(self) -> list[str]:
         return [*self.hidden_names, "out"]
 
+    def role(self, i: int) -> str:
+        return "head" if i == len(self.layers) - 1 else "hidden"
+
     def reset_parameters(self) -> None:
-        """PyTorch's default init of every layer (the paper's code keeps it)."""
-        for module in [*self.layers, *self.acts]:
+        """Every layer from ``agent.init`` (default: PyTorch's own init of each
+        layer, weights then biases, as the paper's code keeps it)."""
+        for i, layer in enumerate(self.layers):
+            self.draw_weight(i, layer.weight)
+            if layer.bias is not None:
+                self.init.draw_bias(layer.bias, fans(layer.weight)[0])
+        for module in self.acts:
             if hasattr(module, "reset_parameters"):
                 module.reset_parameters()
 
+    def draw_weight(self, i: int, out: torch.Tensor) -> None:
+        """Fill ``out`` (``layers[i]``'s weight, or some of its output channels) from its init scheme."""
+        self.init.draw(self.role(i), out, *fans(self.layers[i].weight), self.gain)
+
     def init_bound(self, i: int) -> float:
-        """sqrt(1 / fan_in): PyTorch's default bound, which continual backprop's new filters use too."""
-        w = self.layers[i].weight
-        return 1.0 / math.sqrt(w[0].numel())
+        """Half-width of the uniform distribution with layer i's init variance
+        (PyTorch's default: sqrt(1 / fan_in))."""
+        return self.init.bound(self.role(i), *fans(self.layers[i].weight), self.gain)
 
     def unit_layers(self) -> list[UnitLayer]:
         """Channels of each conv layer and units of each hidden fc layer."""
         out = []
         for i, name in enumerate(self.hidden_names):
             last_conv = i == self.num_conv - 1
-            out.append(UnitLayer(name, self.layers[i], self.layers[i + 1], None, self.init_bound(i),
+            out.append(UnitLayer(name, self.layers[i], self.layers[i + 1], None, lambda rows, i=i: self.draw_weight(i, rows),
                                  self.positions if last_conv else 1, consecutive=last_conv))
         return out
 

@@ -1,19 +1,21 @@
 """Networks built from config, with named hidden layers.
 
-The MLP follows Dohare et al. (2024): Linear layers with Kaiming-uniform
-weights (gain of the activation; the output layer with the linear gain, 1)
-and zero biases.
+The MLP follows Dohare et al. (2024) by default: Linear layers with
+Kaiming-uniform weights (gain of the activation; the output layer with the
+linear gain, 1) and zero biases; ``agent.init`` chooses another scheme per
+role (agents/init.py).
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
 
 from plasticity_lab.agents.activations import bias_init, init_gain, make_activation, width_factor
+from plasticity_lab.agents.init import PYTORCH, InitSpec
 from plasticity_lab.registry import ConfigError, Registry
 
 networks = Registry("network")
@@ -43,13 +45,15 @@ class NetworkSpec:
     bias: bool = True
     layer_norm: bool = False
     channels: list[int] = field(default_factory=lambda: [32, 64, 128])
+    init: InitSpec = field(default_factory=InitSpec)
+    head_bias: bool = True
 
 
 @dataclass
 class UnitLayer:
     """One hidden layer seen as units: ``incoming`` makes its pre-activations,
     ``outgoing`` reads its output, ``norm`` sits between (or is None), and
-    ``bound`` is the half-width of the uniform init of ``incoming``'s weights.
+    ``draw(rows)`` fills rows of ``incoming``'s weight from its init scheme.
     ``fan_out_per_unit`` is how many input columns (or channels) of
     ``outgoing`` each unit feeds: 2 for CReLU/Fourier, in blocks (unit j feeds
     j and j + H), or H*W after a conv->flatten boundary, ``consecutive``
@@ -59,7 +63,7 @@ class UnitLayer:
     incoming: nn.Module
     outgoing: nn.Module
     norm: nn.Module | None
-    bound: float
+    draw: Callable[[torch.Tensor], None]
     fan_out_per_unit: int = 1
     consecutive: bool = False
 
@@ -81,8 +85,12 @@ class MLP(nn.Module):
         activation_params: dict[str, Any] | None = None,
         bias: bool = True,
         layer_norm: bool = False,
+        init: InitSpec | None = None,
+        head_bias: bool | None = None,
     ):
-        """``input_size``: features, or an input shape (flattened)."""
+        """``input_size``: features, or an input shape (flattened); ``bias``: the
+        hidden layers' (``head_bias``: the head's, default the same); ``init``:
+        agents/init.py's spec (default Dohare et al.'s)."""
         super().__init__()
         input_size = int(math.prod(input_size)) if isinstance(input_size, (tuple, list)) else int(input_size)
         if not hidden or any((not isinstance(w, int)) or w < 1 for w in hidden):
@@ -93,24 +101,35 @@ class MLP(nn.Module):
         self.activation = activation
         sizes_in = [input_size] + [w * factor for w in hidden]
         sizes_out = list(hidden) + [output_size]
-        self.layers = nn.ModuleList(nn.Linear(i, o, bias=bias) for i, o in zip(sizes_in, sizes_out))
+        head_bias = bias if head_bias is None else head_bias
+        self.layers = nn.ModuleList(nn.Linear(i, o, bias=bias if k < len(hidden) else head_bias)
+                                    for k, (i, o) in enumerate(zip(sizes_in, sizes_out)))
+        self.init = (init or InitSpec()).filled("kaiming_uniform", "kaiming_uniform", "zero")
         self.norms = nn.ModuleList(nn.LayerNorm(w) if layer_norm else nn.Identity() for w in hidden)
         self.acts = nn.ModuleList(make_activation(activation, w, **params) for w in hidden)
         self.gain = init_gain(activation, params)
         self._act_params = params
-        self.reset_parameters()
+        if self.init == PYTORCH:  # the layers were built with PyTorch's init (as a plain nn.Sequential would be)
+            self._reset_modules()
+        else:
+            self.reset_parameters()
+
+    def role(self, i: int) -> str:
+        return "head" if i == len(self.layers) - 1 else "hidden"
 
     def reset_parameters(self) -> None:
-        """Kaiming-uniform weights (bound = gain * sqrt(3 / fan_in)), zero biases
-        (or the activation's own bias init, e.g. Elephant's spread biases)."""
-        last = len(self.layers) - 1
+        """Each layer's weights from its role's scheme (default Kaiming uniform,
+        bound = gain * sqrt(3 / fan_in)), then its biases: zero (or the
+        activation's own bias init, e.g. Elephant's spread biases), or PyTorch's."""
         for i, layer in enumerate(self.layers):
-            bound = self.init_bound(i)
-            with torch.no_grad():
-                layer.weight.uniform_(-bound, bound)
-                if layer.bias is not None:
-                    spread = bias_init(self.activation, layer.out_features, self._act_params) if i < last else None
-                    layer.bias.copy_(spread) if spread is not None else layer.bias.zero_()
+            self.draw_weight(i, layer.weight)
+            if layer.bias is not None:
+                own = bias_init(self.activation, layer.out_features, self._act_params) if self.role(i) == "hidden" else None
+                self.init.draw_bias(layer.bias, layer.in_features, own)
+        self._reset_modules()
+
+    def _reset_modules(self) -> None:
+        """LayerNorms and learnable activations to their initial values (no random draws)."""
         for module in [*self.norms, *self.acts]:
             if hasattr(module, "reset_parameters"):
                 module.reset_parameters()
@@ -119,17 +138,24 @@ class MLP(nn.Module):
     def layer_names(self) -> list[str]:
         return [*self.hidden_names, "out"]
 
+    def draw_weight(self, i: int, out: torch.Tensor) -> None:
+        """Fill ``out`` (``layers[i]``'s weight, or rows of it) from its init scheme."""
+        layer = self.layers[i]
+        self.init.draw(self.role(i), out, layer.in_features, layer.out_features, self.gain)
+
     def init_bound(self, i: int) -> float:
-        """Half-width of the uniform init of ``layers[i]`` (gain * sqrt(3 / fan_in))."""
-        gain = 1.0 if i == len(self.layers) - 1 else self.gain
-        return gain * (3.0 / self.layers[i].in_features) ** 0.5
+        """Half-width of the uniform distribution with ``layers[i]``'s init variance
+        (Kaiming uniform: gain * sqrt(3 / fan_in))."""
+        layer = self.layers[i]
+        return self.init.bound(self.role(i), layer.in_features, layer.out_features, self.gain)
 
     def unit_layers(self) -> list[UnitLayer]:
         """Each hidden layer as units (what continual backprop and ReDo reset)."""
         factor = self.layers[1].in_features // self.layers[0].out_features
         return [
             UnitLayer(name, self.layers[i], self.layers[i + 1],
-                      self.norms[i] if isinstance(self.norms[i], nn.LayerNorm) else None, self.init_bound(i), factor)
+                      self.norms[i] if isinstance(self.norms[i], nn.LayerNorm) else None,
+                      lambda rows, i=i: self.draw_weight(i, rows), factor)
             for i, name in enumerate(self.hidden_names)
         ]
 
@@ -161,11 +187,12 @@ def mlp_parameters(spec: NetworkSpec) -> int:
     """How many weights and biases ``mlp(spec)`` has, without building it."""
     sizes_in = [int(math.prod(spec.input_shape))] + [w * width_factor(spec.activation) for w in spec.hidden]
     sizes_out = [*spec.hidden, spec.output_size]
-    return sum(i * o + (o if spec.bias else 0) for i, o in zip(sizes_in, sizes_out))
+    biases = [spec.bias] * len(spec.hidden) + [spec.head_bias]
+    return sum(i * o + (o if b else 0) for i, o, b in zip(sizes_in, sizes_out, biases))
 
 
 @networks.register("mlp")
 def mlp(spec: NetworkSpec) -> MLP:
     """Dohare et al.'s MLP (the input flattened)."""
     return MLP(spec.input_shape, spec.hidden, spec.output_size, spec.activation, spec.activation_params, spec.bias,
-               spec.layer_norm)
+               spec.layer_norm, spec.init, spec.head_bias)

@@ -21,6 +21,8 @@ import math
 import torch
 from torch import nn
 
+from plasticity_lab.agents.activations import init_gain
+from plasticity_lab.agents.init import fans
 from plasticity_lab.agents.networks import NetworkSpec, networks
 from plasticity_lab.registry import ConfigError
 
@@ -50,14 +52,29 @@ class ResNet18(nn.Module):
         self.layer_names = ["out" if n == "fc" else n.replace(".", "/") for n, _ in named]
         self.layers = [m for _, m in named]  # a plain list: the modules are registered under self.net
         self.norms = [m for m in net.modules() if isinstance(m, nn.BatchNorm2d)]
+        self.init = spec.init
+        if self.init.hidden or self.init.head or self.init.bias:  # torchvision's init was drawn; draw another if asked
+            self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """torchvision's init: Kaiming-normal convs, BatchNorm 1/0, default Linear."""
+        """torchvision's init (Kaiming-normal convs in fan-out mode, BatchNorm 1/0,
+        PyTorch's default Linear), or ``agent.init``'s scheme for the convs
+        (``hidden``) and the head, and its bias init for the head."""
         for m in self.net.modules():
             if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, (nn.BatchNorm2d, nn.Linear)):
+                if self.init.hidden:
+                    self.init.draw("hidden", m.weight, *fans(m.weight), init_gain("relu", {}))
+                else:
+                    nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
                 m.reset_parameters()
+        fc = self.net.fc
+        if self.init.head:
+            self.init.draw("head", fc.weight, *fans(fc.weight), 1.0)
+        else:
+            fc.reset_parameters()
+        if self.init.bias and fc.bias is not None:
+            self.init.draw_bias(fc.bias, fc.in_features)
 
     def init_bound(self, i: int) -> float:
         """Half-width of a uniform init with the layer's init variance: sqrt(6 / fan_out) for

@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from plasticity_lab.agents import Agent, interventions, networks
 from plasticity_lab.agents.hooks import HookPlan
+from plasticity_lab.agents.init import as_spec as as_init_spec
 from plasticity_lab.agents.interventions import Intervention
 from plasticity_lab.agents.networks import NetworkSpec, mlp_parameters
 from plasticity_lab.agents.optimizers import make_optimizer
@@ -66,8 +67,9 @@ def build_agent(cfg: DictConfig, stream: Stream, device: torch.device) -> Agent:
         raise ConfigError("agent.loss", cfg.agent.loss, f"mse (stream {stream.name} is a regression stream)")
     if stream.target == "class" and cfg.agent.loss == "mse":
         raise ConfigError("agent.loss", "mse", f"cross_entropy (stream {stream.name} has class labels)")
+    head_bias = cfg.agent.bias if cfg.agent.head_bias is None else cfg.agent.head_bias
     spec = NetworkSpec(tuple(stream.input_shape), stream.output_size, list(cfg.agent.hidden), name, act, cfg.agent.bias,
-                       cfg.agent.layer_norm, list(cfg.agent.channels))
+                       cfg.agent.layer_norm, list(cfg.agent.channels), as_init_spec(as_dict(cfg.agent.init)), head_bias)
     if cfg.agent.network == "mlp":
         check_memory(cfg, mlp_parameters(spec), device)
     net = networks.get(cfg.agent.network)(spec).to(device)

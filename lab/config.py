@@ -39,11 +39,30 @@ class OptimizerConfig:
 
 
 @dataclass
+class InitConfig:
+    """Weight init per role (agents/init.py): hidden/head: a scheme
+    (kaiming_uniform, kaiming_normal, he_normal, lecun_normal, xavier_uniform,
+    xavier_normal, orthogonal, pytorch; null: the network's own: Dohare et
+    al.'s Kaiming uniform for mlp, PyTorch's for conv_net, torchvision's for
+    resnet18); hidden_gain/head_gain: null = the scheme's default (the
+    activation's gain for Kaiming and orthogonal hidden layers, 1 for the
+    head); bias: zero | pytorch (null: the network's own)."""
+
+    hidden: Optional[str] = None
+    head: Optional[str] = None
+    hidden_gain: Optional[float] = None
+    head_gain: Optional[float] = None
+    bias: Optional[str] = None
+
+
+@dataclass
 class AgentConfig:
     """kind: native (the lab's learner) or avalanche (an Avalanche strategy,
     ``agent=avalanche agent.strategy=ewc``, its parameters under agent.strategy.*).
     network: mlp | conv_net | resnet18 (agents/networks.py registry); hidden:
-    widths of the fully connected hidden layers; channels: conv_net's conv layers."""
+    widths of the fully connected hidden layers; channels: conv_net's conv layers;
+    bias: biases in the hidden layers; head_bias: in the output layer (null:
+    as ``bias``); init: the weight init (:class:`InitConfig`)."""
 
     kind: str = "native"
     strategy: Any = None
@@ -53,7 +72,9 @@ class AgentConfig:
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     loss: str = "cross_entropy"
     bias: bool = True
+    head_bias: Optional[bool] = None
     layer_norm: bool = False
+    init: InitConfig = field(default_factory=InitConfig)
 
 
 @dataclass

@@ -53,7 +53,7 @@ def test_reset_conv_channels_and_the_flatten_boundary():
     before = [l.weight.clone() for l in n.layers]
     reset_units(conv2, torch.tensor([5]), opt)
     w = n.layers[1].weight
-    assert not torch.equal(w[5], before[1][5]) and float(w[5].detach().abs().max()) <= conv2.bound
+    assert not torch.equal(w[5], before[1][5]) and float(w[5].detach().abs().max()) <= n.init_bound(1)
     assert torch.equal(w[:5], before[1][:5]) and float(n.layers[1].bias[5]) == 0.0
     assert torch.all(n.layers[2].weight[:, 5] == 0) and torch.equal(n.layers[2].weight[:, 4], before[2][:, 4])
     assert torch.all(opt.state[n.layers[2].weight]["momentum_buffer"][:, 5] == 0)

@@ -47,7 +47,8 @@ def test_reset_units_entry_by_entry(opt, kw, keys):
     old = before_model.layers
     keep = [0, 2]
     assert torch.equal(w_in[keep], old[0].weight[keep]) and not torch.equal(w_in[units], old[0].weight[units])
-    assert float(w_in[units].abs().max()) <= layer.bound == pytest.approx(math.sqrt(2) * math.sqrt(3 / 3))
+    bound = agent.model.init_bound(0)  # the hidden layer's Kaiming-uniform half-width, gain sqrt 2, fan_in 3
+    assert float(w_in[units].abs().max()) <= bound == pytest.approx(math.sqrt(2) * math.sqrt(3 / 3))
     assert b_in[units].tolist() == [0.0, 0.0] and torch.equal(b_in[keep], old[0].bias[keep])
     assert float(w_out[:, units].abs().sum()) == 0.0 and torch.equal(w_out[:, keep], old[1].weight[:, keep])
     assert torch.equal(agent.model.layers[2].weight, old[2].weight)  # other layers untouched

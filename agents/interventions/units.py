@@ -45,8 +45,9 @@ def reset_units(layer: UnitLayer, units: torch.Tensor, optimizer: torch.optim.Op
         return
     units = units.to(layer.incoming.weight.device).long()
     w_in = layer.incoming.weight
-    w_in[units] = torch.empty((len(units), *w_in.shape[1:]), device=w_in.device, dtype=w_in.dtype).uniform_(
-        -layer.bound, layer.bound)
+    rows = torch.empty((len(units), *w_in.shape[1:]), device=w_in.device, dtype=w_in.dtype)
+    layer.draw(rows)
+    w_in[units] = rows
     entries: list[tuple[nn.Parameter, int, torch.Tensor]] = [(w_in, 0, units)]
     if layer.incoming.bias is not None:
         layer.incoming.bias[units] = 0.0
