@@ -219,6 +219,7 @@ def _tenth(g: Group, key: str, last: bool) -> np.ndarray:
 
 SCORES = {
     "class": [("avg accuracy", lambda g: g.values("avg_accuracy")),
+              ("pooled accuracy", lambda g: g.values("pooled_accuracy")),
               ("online acc (first 10%)", lambda g: _tenth(g, "online_accuracy", False)),
               ("online acc (last 10%)", lambda g: _tenth(g, "online_accuracy", True)),
               ("forgetting", lambda g: g.values("forgetting")), ("BWT", lambda g: g.values("bwt"))],

@@ -30,12 +30,17 @@ from plasticity_lab.streams import stream_builders
 
 @dataclass
 class OptimizerConfig:
-    """``torch.optim`` class by name; other keyword arguments with ``+agent.optimizer.key=value``."""
+    """``torch.optim`` class by name; null values are the optimizer's own
+    defaults (``initial_accumulator_value`` is Adagrad's, ``eps`` any that
+    takes one); other keyword arguments with ``+agent.optimizer.key=value``;
+    preset values: ``agent/optimizer=adagrad_keskinen``."""
 
     name: str = "sgd"
     lr: float = 0.01
     momentum: Optional[float] = None
     weight_decay: Optional[float] = None
+    initial_accumulator_value: Optional[float] = None
+    eps: Optional[float] = None
 
 
 @dataclass

@@ -32,9 +32,12 @@ class Results:
     diagonal: dict[int, float] = field(default_factory=dict)
     last_row: dict[int, float] = field(default_factory=dict)
     last_index: int = -1
+    pooled: Optional[float] = None
 
-    def add_task(self, online_acc: float, online_loss: float, evals: dict[int, float]) -> None:
-        """Record task ``i = len(online_accuracy)``: its online figures and test accuracies."""
+    def add_task(self, online_acc: float, online_loss: float, evals: dict[int, float],
+                 counts: dict[int, tuple[int, int]] | None = None) -> None:
+        """Record task ``i = len(online_accuracy)``: its online figures and test
+        accuracies (``counts``: each evaluated task's (correct, examples), for the pooled accuracy)."""
         i = len(self.online_accuracy)
         self.online_accuracy.append(online_acc)
         self.online_loss.append(online_loss)
@@ -43,19 +46,25 @@ class Results:
         for j, acc in self.last_row.items():  # the previous evaluated row becomes "earlier" for forgetting
             self.best[j] = max(self.best.get(j, acc), acc)
         self.last_row, self.last_index = dict(evals), i
+        if counts:
+            self.pooled = sum(c for c, _ in counts.values()) / max(sum(n for _, n in counts.values()), 1)
         if i in evals:
             self.diagonal[i] = evals[i]
         self.acc_entries.extend([i, j, a] for j, a in sorted(evals.items()))
 
     def scores(self) -> dict[str, Optional[float]]:
         """ACC, BWT and forgetting of the last evaluated row (metrics/accuracy.py's
-        definitions, computed from the kept entries in time linear in that row)."""
+        definitions, computed from the kept entries in time linear in that row),
+        and the pooled accuracy: correct over all test examples of the tasks in
+        that row (each example weighs the same; Keskinen's Hard ASH code scores
+        this way: it differs from ACC where test sets differ in size)."""
         row = self.last_row
         if not row:
-            return {"avg_accuracy": None, "bwt": None, "forgetting": None}
+            return {"avg_accuracy": None, "pooled_accuracy": None, "bwt": None, "forgetting": None}
         last = self.last_index
         return {
             "avg_accuracy": _mean(list(row.values())),
+            "pooled_accuracy": self.pooled,
             "bwt": _mean([a - self.diagonal[j] for j, a in row.items() if j < last and j in self.diagonal]),
             "forgetting": _mean([self.best[j] - a for j, a in row.items() if j < last and j in self.best]),
         }

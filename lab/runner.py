@@ -242,9 +242,10 @@ def end_task(ctx: RunContext, task: Task, correct: float, loss: float, seen: int
     k = task.id
     last = k == ctx.stream.num_tasks - 1
     due = ctx.stream.target == "class" and (last or (k + 1) % cfg.train.eval_every == 0)
-    evals = evaluate(agent, ctx.stream, task, cfg.train.eval_window) if due else {}
+    counts = evaluate(agent, ctx.stream, task, cfg.train.eval_window) if due else {}
+    evals = {j: c / max(n, 1) for j, (c, n) in counts.items()}
     online = correct / max(seen, 1)
-    ctx.results.add_task(online, loss / max(seen, 1), evals)
+    ctx.results.add_task(online, loss / max(seen, 1), evals, counts)
     rate = ctx.results.examples / max(ctx.results.train_seconds, 1e-9)
     record = {"train/task_online_acc": online, "train/task_loss": loss / max(seen, 1), "perf/examples_per_s": rate}
     record.update({f"eval/acc/task_{j}": a for j, a in evals.items()})
@@ -273,8 +274,8 @@ def emit_record(ctx: RunContext, task_id: int, record: Record) -> None:
 
 
 @torch.no_grad()
-def evaluate(agent: Agent, stream: Stream, current: Task, window: int | None) -> dict[int, float]:
-    """Test accuracy on the tasks seen so far (the last ``window`` of them)."""
+def evaluate(agent: Agent, stream: Stream, current: Task, window: int | None) -> dict[int, tuple[int, int]]:
+    """(correct, examples) on the test set of each task seen so far (the last ``window`` of them)."""
     k = current.id
     first = 0 if window is None else max(0, k - window + 1)
     device = current.x_test.device
@@ -286,7 +287,7 @@ def evaluate(agent: Agent, stream: Stream, current: Task, window: int | None) ->
         correct = torch.zeros((), dtype=torch.long, device=device)
         for i in range(0, len(y), EVAL_CHUNK):
             correct += (agent.predict(x[i:i + EVAL_CHUNK], heads).argmax(1) == y[i:i + EVAL_CHUNK]).sum()
-        out[j] = correct.item() / max(len(y), 1)
+        out[j] = (int(correct.item()), len(y))
     return out
 
 

@@ -19,6 +19,9 @@ declare("eval/acc/task", per="task", when="eval", title="test accuracy on task j
         definition="test accuracy on task j after training the current task (R[i][j])")
 declare("eval/avg_accuracy", when="eval", title="average test accuracy on seen tasks", unit="accuracy",
         panel="Forgetting", definition="ACC: mean test accuracy over the evaluated tasks (Lopez-Paz & Ranzato 2017)")
+declare("eval/pooled_accuracy", when="eval", title="pooled test accuracy on seen tasks", unit="accuracy",
+        panel="Forgetting", definition="correct predictions over every test example of the evaluated tasks "
+        "(the union of their test sets; Keskinen's Hard ASH code scores this way)")
 declare("eval/bwt", when="eval", title="backward transfer", unit="accuracy difference", panel="Forgetting",
         definition="BWT: mean of R[T][j] - R[j][j] over earlier tasks (Lopez-Paz & Ranzato 2017)")
 declare("eval/forgetting", when="eval", title="forgetting (Chaudhry)", unit="accuracy difference", panel="Forgetting",

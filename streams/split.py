@@ -10,14 +10,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from plasticity_lab.registry import ConfigError
 from plasticity_lab.streams.sources import load_images
-from plasticity_lab.streams.stream import Stream, StreamBuilder, check_positive, stream_builders
+from plasticity_lab.streams.stream import Stream, StreamBuilder, check_positive, stream_builders, task_rng
 from plasticity_lab.streams.task import Task
 
 SCENARIOS = ("task", "domain", "class")
+TASK_ORDERS = ("fixed", "shuffled")
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 
 
@@ -26,13 +28,16 @@ MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 class SplitMNIST(StreamBuilder):
     """Digit pairs as tasks. num_tasks: first how many pairs (≤ 5);
     scenario: task | domain | class incremental; normalize: standardise
-    pixels with MNIST's mean 0.1307 and std 0.3081 (as Keskinen's Hard ASH code).
+    pixels with MNIST's mean 0.1307 and std 0.3081 (as Keskinen's Hard ASH code);
+    task_order: fixed ({0,1} first, {8,9} last) or shuffled (the five pairs in
+    an order drawn from the run's seed, as Keskinen's code shuffles them every run).
     """
 
     num_tasks: int = 5
     scenario: str = "class"
     examples_per_task: int | None = None
     normalize: bool = False
+    task_order: str = "fixed"
 
     def __post_init__(self) -> None:
         check_positive("num_tasks", self.num_tasks)
@@ -41,6 +46,8 @@ class SplitMNIST(StreamBuilder):
         check_positive("examples_per_task", self.examples_per_task, allow_none=True)
         if self.scenario not in SCENARIOS:
             raise ConfigError("stream.scenario", self.scenario, SCENARIOS)
+        if self.task_order not in TASK_ORDERS:
+            raise ConfigError("stream.task_order", self.task_order, TASK_ORDERS)
 
     def build(self, seed: int, data_root: str | None = None) -> Stream:
         data = load_images(data_root)
@@ -48,10 +55,13 @@ class SplitMNIST(StreamBuilder):
         def prepare(x: torch.Tensor) -> torch.Tensor:
             return (x - MNIST_MEAN) / MNIST_STD if self.normalize else x
 
+        order = task_rng(seed, 0, "task_order").permutation(5) if self.task_order == "shuffled" else np.arange(5)
+
         def build_task(k: int) -> Task:
-            pair = (2 * k, 2 * k + 1)
-            tr = (data.y_train // 2) == k
-            te = (data.y_test // 2) == k
+            p = int(order[k])
+            pair = (2 * p, 2 * p + 1)
+            tr = (data.y_train // 2) == p
+            te = (data.y_test // 2) == p
             x_tr, y_tr = data.x_train[tr][: self.examples_per_task], data.y_train[tr][: self.examples_per_task]
             y_te = data.y_test[te]
             if self.scenario == "domain":
