@@ -293,6 +293,10 @@ def _multirun(overrides: list[str], sweep_dir: Path | None = None, source: Any =
     from plasticity_lab.lab.stop import EXIT_STOPPED
     from plasticity_lab.lab.sweep import job_subdir, jobs, report
 
+    asked = [o.partition("=")[2] for o in overrides if o.startswith("hydra.sweep.dir=")]
+    overrides = [o for o in overrides if not o.startswith("hydra.sweep.dir=")]
+    if sweep_dir is None and asked:
+        sweep_dir = Path(asked[-1])
     sweep_dir = sweep_dir or claim_dir(Path("runs") / "multirun" / datetime.now().strftime("%Y%m%d-%H%M%S"))
     stopped: list[int] = []  # a signal stops the sweep, not only its running job
 

@@ -103,7 +103,9 @@ class TrainConfig:
     of continual ImageNet (part of that protocol, not an intervention).
     threads: intra-op CPU threads; auto (one for small steps, else the free
     cores shared among a sweep's parallel jobs: lab/threads.py) or a number.
-    The summary records the count: results depend on it through rounding."""
+    The summary records the count: results depend on it through rounding.
+    drop_last: skip each epoch's last batch when it is smaller than batch_size
+    (as ``DataLoader(drop_last=True)``; some authors' code trains so)."""
 
     batch_size: int = 16
     epochs: int = 1
@@ -116,6 +118,7 @@ class TrainConfig:
     deferred_updates: int = 16
     cuda_graphs: bool = True
     new_head: bool = False
+    drop_last: bool = False
 
 
 @dataclass

@@ -192,6 +192,7 @@ def train_task(ctxs: list[RunContext], tasks: list[Task], step: AgentStep | Stac
     cfg, device = ctxs[0].cfg, ctxs[0].device
     bs, log_every, augment = cfg.train.batch_size, cfg.train.log_every, ctxs[0].stream.augment
     n, epochs = tasks[0].num_train, cfg.train.epochs
+    end = n - n % bs if cfg.train.drop_last else n  # drop_last: no final batch smaller than the rest
     if any(t.num_train != n for t in tasks):
         raise ConfigError("seeds", [c.cfg.seed for c in ctxs], "streams whose tasks have the same size for every seed")
     before = any(c.hooks.before_step for c in ctxs) or augment is not None
@@ -203,7 +204,7 @@ def train_task(ctxs: list[RunContext], tasks: list[Task], step: AgentStep | Stac
     t0 = time.perf_counter()
     for epoch in range(at["epoch"], epochs):
         xs, ys = _epoch_data(ctxs, tasks, epoch, device)
-        for i in range(at["batch"] if epoch == at["epoch"] else 0, n, bs):
+        for i in range(at["batch"] if epoch == at["epoch"] else 0, end, bs):
             xb, yb = xs[:, i:i + bs], ys[:, i:i + bs]
             if before:
                 xb = _before_step(ctxs, generators, xb, yb, augment)
@@ -220,7 +221,7 @@ def train_task(ctxs: list[RunContext], tasks: list[Task], step: AgentStep | Stac
             if ctxs[0].step % log_every == 0:
                 read = _log_windows(ctxs, tasks, correct, loss_sum, seen, read, progress)
             if stop.signum is not None:
-                nxt = (epoch, i + bs) if i + bs < n else (epoch + 1, 0)
+                nxt = (epoch, i + bs) if i + bs < end else (epoch + 1, 0)
                 if nxt[0] < epochs:
                     raise StopAt(tasks[0].id, {
                         "epoch": nxt[0], "batch": nxt[1], "seen": seen, "correct": correct.tolist(),

@@ -171,3 +171,13 @@ def test_shrink_perturb_alone_shrinks_and_perturbs():
     noise = torch.randn_like(before)
     assert torch.allclose(net.layers[0].weight, (1 - sp.shrink) * before + sp.noise_std * noise)
     assert set(inits.names()) >= {"kaiming_uniform", "pytorch", "he_normal", "orthogonal"}
+
+
+def test_drop_last_trains_only_whole_batches(tmp_path):
+    from plasticity_lab.lab.loop import run
+
+    base = [*QUIET, "agent.hidden=[8]", "stream.num_tasks=2", "stream.examples_per_task=100", "train.batch_size=16",
+            "train.checkpoint=false"]
+    (kept,) = run(compose_config(base), tmp_path / "a")
+    (dropped,) = run(compose_config([*base, "train.drop_last=true"]), tmp_path / "b")
+    assert kept["examples"] == 200 and dropped["examples"] == 2 * 96  # 6 whole batches of 16 per task
