@@ -138,6 +138,8 @@ class InitSpec:
             gain = getattr(self, f"{role}_gain")
             if gain is not None and (not isinstance(gain, (int, float)) or not gain > 0):
                 raise ConfigError(f"agent.init.{role}_gain", gain, "a positive number, or null (the scheme's default)")
+            if gain is not None and name is not None and inits.facts(name).gain is None:
+                raise ConfigError(f"agent.init.{role}_gain", gain, f"null: the {name} scheme takes no gain")
         if self.bias is not None and self.bias not in BIAS_INITS:
             raise ConfigError("agent.init.bias", self.bias, BIAS_INITS)
 

@@ -38,6 +38,8 @@ class ResNet18(nn.Module):
         input_shape = tuple(spec.input_shape)
         if len(input_shape) != 3:
             raise ConfigError("agent.network", "resnet18", f"an image stream (C, H, W input); this stream's input is {input_shape}")
+        if not spec.head_bias:
+            raise ConfigError("agent.head_bias", False, "true or null (resnet18 keeps torchvision's head with its bias)")
         if spec.activation != "relu":
             raise ConfigError("activation", spec.activation, "relu (resnet18 uses torchvision's ReLU blocks)")
         net = resnet18(num_classes=spec.output_size)

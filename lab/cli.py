@@ -246,11 +246,23 @@ def _resume_sweep(sweep: Path, overrides: list[str], trust_plugins: bool) -> int
 
     if overrides:
         raise ConfigError("overrides", overrides, "none for a sweep directory (resume its jobs one by one to change them)")
-    task = list(OmegaConf.load(sweep / "multirun.yaml").hydra.overrides.task)
+    from plasticity_lab.lab.config import ConfigSource
+
+    hydra_cfg = OmegaConf.load(sweep / "multirun.yaml").hydra
+    task = list(hydra_cfg.overrides.task)
     if any(o.partition("=")[0].lstrip("+") == "plugins" for o in task) and not trust_plugins:
         raise ConfigError("plugins", task, f"modules you trust: the sweep names plug-ins that run code when imported; "
                           f"resume with: lab resume {sweep} --trust-plugins")
-    return _multirun(task, sweep_dir=sweep)
+    # the sweep's own job-folder naming and config source, as it was launched (a sweep of an earlier
+    # version named its folders by job number)
+    sweep_node = OmegaConf.to_container(hydra_cfg.sweep, resolve=False)
+    exclude = OmegaConf.to_container(hydra_cfg.job.config.override_dirname, resolve=False).get("exclude_keys") or []
+    naming = [f"hydra.sweep.subdir={sweep_node['subdir']}",
+              f"hydra.job.config.override_dirname.exclude_keys=[{','.join(exclude)}]"]
+    launched = json.loads((sweep / SOURCE_FILE).read_text()) if (sweep / SOURCE_FILE).is_file() else {}
+    source = ConfigSource(launched.get("directory"), launched.get("name", "config"))
+    task = [o for o in task if not o.startswith("hydra.searchpath=")]
+    return _multirun(task, sweep_dir=sweep, source=source, naming=naming)
 
 
 def _sync(dirs: list[Path], upload: bool) -> int:
@@ -273,7 +285,12 @@ def _sync(dirs: list[Path], upload: bool) -> int:
     return 0
 
 
-def _multirun(overrides: list[str], sweep_dir: Path | None = None, source: Any = None) -> int:
+SOURCE_FILE = "lab_config_source.json"
+"""In a sweep directory: the --config-dir and --config-name it was launched with (for lab resume)."""
+
+
+def _multirun(overrides: list[str], sweep_dir: Path | None = None, source: Any = None,
+              naming: list[str] | None = None) -> int:
     """Sweep with Hydra's multirun (its launcher spreads the jobs); each job is
     a normal run in ``runs/multirun/<time>/<swept values>`` (or ``sweep_dir``,
     where a finished job is left as it is and an unfinished one resumes). A
@@ -298,6 +315,9 @@ def _multirun(overrides: list[str], sweep_dir: Path | None = None, source: Any =
     if sweep_dir is None and asked:
         sweep_dir = Path(asked[-1])
     sweep_dir = sweep_dir or claim_dir(Path("runs") / "multirun" / datetime.now().strftime("%Y%m%d-%H%M%S"))
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    directory = str(Path(source.directory).expanduser().resolve()) if source.directory else None
+    (sweep_dir / SOURCE_FILE).write_text(json.dumps({"directory": directory, "name": source.name}))
     stopped: list[int] = []  # a signal stops the sweep, not only its running job
 
     @hydra.main(config_path=source.path(), config_name=source.name, version_base=None)
@@ -309,7 +329,8 @@ def _multirun(overrides: list[str], sweep_dir: Path | None = None, source: Any =
             stopped.append(code)
 
     saved = sys.argv
-    sys.argv = ["lab", "--multirun", *source.overrides(), *overrides, f"hydra.sweep.dir={sweep_dir}", *job_subdir(overrides),
+    sys.argv = ["lab", "--multirun", *source.overrides(), *overrides, f"hydra.sweep.dir={sweep_dir}",
+                *(naming or job_subdir(overrides)),
                 "hydra/job_logging=disabled", "hydra/hydra_logging=disabled"]
     try:
         job()
@@ -364,6 +385,7 @@ def _as_override(o, value: str) -> str:
 def _list(as_json: bool, markdown: bool) -> int:
     """Every registered name with its parameters (``--json``); ``--markdown``: the metric table."""
     from plasticity_lab.agents import activations, interventions, networks
+    from plasticity_lab.agents.init import inits
     from plasticity_lab.agents.optimizers import optimizer_names
     from plasticity_lab.lab.avalanche_bridge.strategies import STRATEGIES
     from plasticity_lab.lab.config import config_dir
@@ -379,6 +401,7 @@ def _list(as_json: bool, markdown: bool) -> int:
         "experiments": {p.stem: {} for p in sorted(Path(config_dir(), "experiment").glob("*.yaml"))},
         "streams": {n: stream_builders.params(n) for n in stream_builders.names()},
         "networks": {n: {} for n in networks.names()},
+        "inits": {n: {"default gain": inits.facts(n).gain} for n in inits.names()},
         "activations": {n: activations.params(n) for n in activations.names()},
         "interventions": {n: interventions.params(n) for n in interventions.names()},
         "optimizers": {n: {} for n in optimizer_names()},

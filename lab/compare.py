@@ -103,6 +103,12 @@ def load_runs(dirs: list[Path], left_out: list[tuple[Path, str]] | None = None) 
                 print(f"lab: left out {p}: {status(p)} (lab resume it to finish it)", file=sys.stderr)
         for p in finished:
             config = yaml.safe_load((p / "config.yaml").read_text()) if (p / "config.yaml").exists() else {}
+            if config:  # keys added to the lab since the run was saved read as their defaults
+                from omegaconf import OmegaConf
+
+                from plasticity_lab.lab.config import with_defaults
+
+                config = OmegaConf.to_container(with_defaults(config), resolve=True)
             runs.append(Run(p, json.loads((p / "summary.json").read_text()), config))
     return runs
 

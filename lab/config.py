@@ -197,6 +197,9 @@ class ConfigSource:
     def check(self) -> None:
         if self.directory and not Path(self.directory).expanduser().is_dir():
             raise ConfigError("--config-dir", self.directory, "an existing directory of YAML configs")
+        if self.directory and self.name == "config" and (Path(self.directory).expanduser() / "config.yaml").is_file():
+            raise ConfigError("--config-dir", self.directory, "a folder whose primary config is not named config.yaml "
+                              "(the lab's own config.yaml would hide it): rename it and pass --config-name NAME")
         folder = Path(self.directory).expanduser() if self.directory else Path(config_dir())
         names = sorted({p.stem for p in folder.glob("*.yaml")} | {"config"})
         if self.name not in names:
@@ -263,6 +266,16 @@ def check_overrides(overrides: list[str]) -> None:
         seen[name] = value
 
 
+def with_defaults(saved: Any) -> DictConfig:
+    """A saved resolved config (a dict or DictConfig) on top of the schema's
+    defaults: a run saved by an earlier version of the lab lacks the keys added
+    since, and reads as if it had their defaults (which reproduce what it did)."""
+    container = OmegaConf.to_container(saved, resolve=True) if isinstance(saved, DictConfig) else dict(saved)
+    base = OmegaConf.structured(Config)
+    OmegaConf.set_struct(base, False)
+    return OmegaConf.merge(base, container)
+
+
 def override_saved(saved: DictConfig, overrides: list[str], where: str) -> DictConfig:
     """A copy of ``saved`` (a run's resolved config.yaml, read from ``where``)
     with ``key=value`` overrides applied, their values read by Hydra's override
@@ -273,7 +286,7 @@ def override_saved(saved: DictConfig, overrides: list[str], where: str) -> DictC
     from plasticity_lab.lab.rundir import flat
 
     check_overrides(overrides)
-    merged = OmegaConf.create(OmegaConf.to_container(saved, resolve=True))
+    merged = with_defaults(saved)
     known = list(flat(OmegaConf.to_container(merged)))
     try:
         parsed = OverridesParser.create().parse_overrides(overrides)
@@ -281,6 +294,8 @@ def override_saved(saved: DictConfig, overrides: list[str], where: str) -> DictC
         raise ConfigError("override", overrides, str(err).splitlines()[0]) from None
     for o in parsed:
         key = o.key_or_group
+        if o.is_sweep_override():
+            raise ConfigError(key, o.input_line.partition("=")[2], "one value (a sweep is lab run --multirun)")
         if key not in known:
             raise ConfigError(key, o.value(), f"a key of {where}" + did_you_mean(key, known))
         value = o.value()
@@ -289,7 +304,14 @@ def override_saved(saved: DictConfig, overrides: list[str], where: str) -> DictC
                 if name not in interventions:
                     raise ConfigError("interventions", name, interventions.names())
             value = {name: interventions.params(name) for name in value}
-        OmegaConf.update(merged, key, value, merge=False)
+        try:
+            OmegaConf.update(merged, key, value, merge=False)
+            OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.to_container(merged))  # the schema's types
+        except Exception as err:  # OmegaConf's validation errors: one line naming the key
+            expected = str(err).splitlines()[0]
+            if isinstance(value, (int, float)) and "List" in expected:
+                expected = f"a list like [{value}]"
+            raise ConfigError(key, value, expected) from None
     return merged
 
 

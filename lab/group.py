@@ -126,7 +126,7 @@ def open_group(cfg: DictConfig, out_dir: str | Path | None = None, resume: bool 
     if changes:
         _record_changes(group, changes)
     b = built[0]
-    group.data = {"source": b.stream.data, **data_fingerprint(cfg.data.root)}
+    group.data = {"source": b.stream.data, **data_fingerprint(cfg.data.root, "embedded" in b.stream.data)}
     group.segments.append(segment(b.device, b.threads.threads, b.threads.reason))
     write_atomic(out / PROVENANCE, json.dumps(group.provenance(), indent=1))
     if cfg.progress != "off":
@@ -153,14 +153,21 @@ def _decide(cfg: DictConfig, out: Path, resume: bool, requested: list[str]) -> t
         if is_finished(out):
             raise ConfigError("out_dir", str(out), "a directory without a finished run (this one has finished: "
                               "choose another out_dir, or lab resume it with a larger stream.num_tasks to extend it)")
-        old = ckpt["config"] if ckpt is not None else OmegaConf.to_container(OmegaConf.load(out / CONFIG), resolve=True)
+        old = _saved(ckpt["config"] if ckpt is not None else OmegaConf.load(out / CONFIG))
         check(old, new, requested, ckpt["next_task"] if ckpt else 0, how)  # refuses another config
     if ckpt is None:
         return None, {}
-    changes = check(ckpt["config"], new, requested, ckpt["next_task"], how)
+    changes = check(_saved(ckpt["config"]), new, requested, ckpt["next_task"], how)
     if is_finished(out):
         unfinish(out)  # a resume that extends a finished run
     return ckpt, changes
+
+
+def _saved(config: Any) -> dict[str, Any]:
+    """A config a run was saved with, read with today's defaults for keys added since."""
+    from plasticity_lab.lab.config import with_defaults
+
+    return OmegaConf.to_container(with_defaults(config), resolve=True)
 
 
 def _build(cfg: DictConfig, seeds: list[int] | None) -> tuple[list[BuiltRun], list[dict[str, Any]]]:
@@ -172,6 +179,13 @@ def _build(cfg: DictConfig, seeds: list[int] | None) -> tuple[list[BuiltRun], li
     for s in seeds:
         built.append(build_run(OmegaConf.merge(cfg, {"seed": s, "seeds": None, "out_dir": None})))
         states.append(checkpoint.rng_state())
+    tasks = range(built[0].stream.num_tasks) if built[0].stream.train_sizes is not None else [0]
+    for k in tasks:  # lock-step needs every seed's task k to be as large (shuffled task orders may differ)
+        sizes = {b.stream.train_size(k) for b in built}
+        if len(sizes) > 1:
+            raise ConfigError("seeds", seeds, f"streams whose tasks have the same size for every seed (task {k + 1} "
+                              f"has {sorted(sizes)} examples); run the seeds as a sweep: lab run --multirun seed="
+                              + ",".join(map(str, seeds)))
     if not all(isinstance(b.agent, FusedAgent) for b in built):
         why = fused_reason(built[0].agent, built[0].hooks) or "train.fast=false"
         raise ConfigError("seeds", seeds, f"a run the fused path supports (this one has {why}); "

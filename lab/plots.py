@@ -139,10 +139,10 @@ def diagnostics_figure(groups: list[Group], per_layer: bool = False) -> Any:
         ax.set_title(facts.title + ((" (per layer)" if layers else " (mean over layers)") if layered else ""), fontsize=9)
         ax.set_ylabel(facts.unit)
         _task_axis(ax, "task (measured at its start)" if facts.when == "task_start" else "task")
-        if drawn and len(ax.get_lines()) > 1 or not layers and drawn:
-            ax.legend(fontsize=6)  # (a single run's one network-wide line needs no legend)
-        else:
+        if not drawn:
             ax.text(0.5, 0.5, "not measured", ha="center", va="center", transform=ax.transAxes, color="grey")
+        elif len(ax.get_lines()) > 1 or not layers:
+            ax.legend(fontsize=6)  # (a single run's one network-wide line needs no legend)
     for ax in list(axes.flat)[len(panels):]:
         ax.set_visible(False)
     fig.suptitle(f"diagnostics; {_spread(groups)}", fontsize=9)

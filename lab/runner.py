@@ -104,6 +104,9 @@ def build_run(cfg: DictConfig) -> BuiltRun:
     device = resolve_device(cfg.device)
     seed_everything(cfg.seed)
     stream = build_stream(cfg)
+    if cfg.train.drop_last and stream.train_size(0) < cfg.train.batch_size:
+        raise ConfigError("train.batch_size", cfg.train.batch_size, f"at most the {stream.train_size(0)} examples of a "
+                          "task when train.drop_last=true (otherwise every batch is dropped)")
     agent = build_agent(cfg, stream, device)
     flops = step_flops(agent.model, torch.zeros(stream.input_shape, device=device), cfg.train.batch_size)
     threads = choose_threads(cfg.train.threads, flops * (len(cfg.seeds) if cfg.get("seeds") else 1),

@@ -62,8 +62,13 @@ def step_flops(net: nn.Module, example: torch.Tensor, batch_size: int) -> float:
     from torch.utils.flop_counter import FlopCounterMode
 
     counter = FlopCounterMode(display=False)
-    with torch.no_grad(), counter:
-        net(example.unsqueeze(0).expand(min(batch_size, 8), *example.shape))
+    training = net.training
+    net.eval()  # in training mode BatchNorm would fold the probe into its running statistics
+    try:
+        with torch.no_grad(), counter:
+            net(example.unsqueeze(0).expand(min(batch_size, 8), *example.shape))
+    finally:
+        net.train(training)
     return counter.get_total_flops() * batch_size / min(batch_size, 8)
 
 
@@ -95,8 +100,8 @@ def parallel_jobs() -> int:
         return 1
     launcher = HydraConfig.get().launcher
     n = launcher.get("n_jobs") if launcher is not None else None
-    if isinstance(n, int) and n < 0:  # joblib: -1 is every core
-        return available_cores()
+    if isinstance(n, int) and n < 0:  # joblib's rule: -1 is every core, -2 all but one, ...
+        n = available_cores() + 1 + n
     return n if isinstance(n, int) and n > 1 else 1
 
 

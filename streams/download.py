@@ -46,7 +46,7 @@ def sources() -> dict[str, DataSource]:
                                     "https://github.com/zalandoresearch/fashion-mnist", idx),
         "cifar100": DataSource("cifar100", (CIFAR100.url.rpartition("/")[0] + "/",),
                                ((CIFAR100.filename, CIFAR100.tgz_md5),), "https://www.cs.toronto.edu/~kriz/cifar.html",
-                               "cifar-100-python/ (train, test, meta)"),
+                               "the cifar-100-python/ folder (train, test, meta) extracted from cifar-100-python.tar.gz"),
     }
 
 
@@ -64,7 +64,7 @@ def where_to_get(stream: str) -> str:
         return f"stream {stream} reads no data files"
     source = sources()[name]
     return (f"get them with: lab data {name} --out DIR, then data.root=DIR "
-            f"(or by hand: {', '.join(f for f, _ in source.files)} from {source.mirrors[0]} into DIR)")
+            f"(or by hand: {source.layout} from {source.page}, into DIR)")
 
 
 def fetch(source: DataSource, out: str | Path, mirror: str | None = None,

@@ -72,5 +72,9 @@ class SplitMNIST(StreamBuilder):
                         {"stream": "split_mnist", "pair": list(pair), "scenario": self.scenario})
 
         out = 2 if self.scenario == "domain" else 10
+        def train_size(k: int) -> int:
+            n = int(((data.y_train // 2) == int(order[k])).sum())
+            return min(n, self.examples_per_task or n)
+
         return Stream("split_mnist", (data.x_train.shape[1],), 10, out, self.num_tasks, self.scenario, build_task,
-                      data=data.description)
+                      data=data.description, train_sizes=train_size)

@@ -255,3 +255,77 @@ def test_a_joblib_sweep_reports_its_failed_job_and_exits_with_its_status(tmp_pat
             "stream.examples_per_task=512", "agent.optimizer.lr=0.1,1e9", cwd=tmp_path, timeout=600)
     assert p.returncode == 3, p.stdout + p.stderr
     assert "agent.optimizer.lr=1000000000.0: failed (exit 3)" in p.stdout and "1 finished, 1 failed" in p.stdout
+
+
+# --- runs and sweeps saved by an earlier version ------------------------------------------------
+
+NEW_KEYS = [("agent", "init"), ("agent", "head_bias"), ("data", "needs_root"), ("train", "drop_last")]
+
+
+def _age(config: dict) -> dict:
+    """``config`` as the lab wrote it before these keys existed."""
+    for section, key in NEW_KEYS:
+        config[section].pop(key, None)
+    return config
+
+
+def test_a_run_saved_before_new_keys_existed_resumes_and_reruns(tmp_path, capsys, monkeypatch):
+    import yaml
+
+    from plasticity_lab.lab import checkpoint
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", *QUIET, *TINY, "agent.hidden=[8]", "out_dir=old"]) == 0
+    (tmp_path / "old" / "config.yaml").write_text(yaml.safe_dump(_age(yaml.safe_load((tmp_path / "old" / "config.yaml").read_text()))))
+    ckpt = checkpoint.load(tmp_path / "old" / "checkpoints")
+    ckpt["config"] = _age(ckpt["config"])
+    checkpoint.save(tmp_path / "old" / "checkpoints", ckpt)
+    assert main(["resume", "old", "stream.num_tasks=3"]) == 0
+    assert main(["rerun", "old", "out_dir=again", "progress=off"]) == 0
+    capsys.readouterr()
+    # values a saved config cannot take are one line, not a traceback
+    for bad, words in (("seed=1,2", "one value"), ("agent.hidden=8", "a list like [8]")):
+        assert main(["rerun", "old", bad]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and words in err, err
+
+
+def test_an_old_sweep_keeps_its_job_folders_when_resumed(tmp_path, capsys, monkeypatch):
+    """A sweep launched when job folders were numbered resumes into those folders."""
+    import yaml
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", "--multirun", *QUIET, *TINY, "agent.hidden=[8]", "seed=0,1", "hydra.sweep.dir=sw"]) == 0
+    sweep = tmp_path / "sw"
+    for s in (0, 1):
+        (sweep / f"seed={s}").rename(sweep / str(s))
+    meta = yaml.safe_load((sweep / "multirun.yaml").read_text())
+    meta["hydra"]["sweep"]["subdir"] = "${hydra.job.num}"
+    meta["hydra"]["job"]["config"]["override_dirname"]["exclude_keys"] = []
+    (sweep / "multirun.yaml").write_text(yaml.safe_dump(meta))
+    (sweep / "lab_config_source.json").unlink()
+    capsys.readouterr()
+    assert main(["resume", "sw"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("finished; left as it is") == 2 and "2 job(s)" in out
+    assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0", "1"]
+
+
+def test_checks_that_used_to_fail_after_the_run_directory_was_written(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    # shuffled task orders give seeds tasks of different sizes: no lock-step
+    assert main(["run", *QUIET, "experiment=split_mnist", "stream.task_order=shuffled", "seeds=[0,1,2]",
+                 "out_dir=g"]) == 2
+    assert "same size for every seed" in capsys.readouterr().err and not (tmp_path / "g").exists()
+    assert main(["run", *QUIET, *TINY, "train.drop_last=true", "train.batch_size=512", "out_dir=d"]) == 2
+    assert "drop_last" in capsys.readouterr().err and not (tmp_path / "d").exists()
+
+
+def test_counting_a_step_s_flops_leaves_batchnorm_statistics_alone():
+    from plasticity_lab.agents.networks import NetworkSpec, networks
+
+    net = networks.get("resnet18")(NetworkSpec((3, 32, 32), 10, [], "relu"))
+    bn = net.norms[0]
+    before = (bn.running_var.clone(), int(bn.num_batches_tracked))
+    step_flops(net, torch.randn(3, 32, 32), 4)
+    assert torch.equal(bn.running_var, before[0]) and int(bn.num_batches_tracked) == before[1] and net.training

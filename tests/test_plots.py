@@ -79,6 +79,8 @@ def test_diagnostics_label_units_draw_layers_and_say_not_measured(runs):
     assert all(float(t).is_integer() for t in dead.xaxis.get_major_locator()())
     empty = [ax for ax in titles.values() if not ax.get_lines()]
     assert empty and all(any(t.get_text() == "not measured" for t in ax.texts) for ax in empty)
+    drawn = [ax for ax in titles.values() if ax.get_lines()]
+    assert not any(t.get_text() == "not measured" for ax in drawn for t in ax.texts)
     assert "one run" in fig._suptitle.get_text()
     plt.close(fig)
 
