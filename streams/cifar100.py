@@ -146,7 +146,8 @@ class IncrementalCIFAR100(StreamBuilder):
 
         return Stream("cifar100_incremental", (3, 32, 32), 100, 100, num_tasks, "task", build_task, build_test,
                       augment=random_crop_flip if self.augment else None, train_sizes=train_size,
-                      data=f"CIFAR-100 ({data_root})")
+                      data=f"CIFAR-100 ({data_root})",
+                      data_files=tuple(str(_find(Path(data_root).expanduser(), n)) for n in ("train", "test")))
 
     def _subsample(self, y: torch.Tensor) -> torch.Tensor:
         """Indices of the first ``train_per_class`` images of each class (all when null)."""

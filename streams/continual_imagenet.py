@@ -14,6 +14,7 @@ memory-mapped (streams/imagenet32.py).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -78,4 +79,5 @@ class ContinualImageNet(StreamBuilder):
                         origin={"stream": "continual_imagenet", "seed": seed, "task": k, "imagenet_classes": pair(k)})
 
         return Stream("continual_imagenet", tuple(meta["shape"]), 2, 2, self.num_tasks, "domain", build_task, build_test,
-                      data=f"downsampled ImageNet 32x32 ({data_root})")
+                      data=f"downsampled ImageNet 32x32 ({data_root})",
+                      data_files=tuple(str(p) for p in sorted(Path(data_root).glob("*/*.npy"))))

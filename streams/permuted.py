@@ -65,4 +65,4 @@ class PermutedMNIST(StreamBuilder):
             )
 
         return Stream("permuted_mnist", (pixels,), 10, 10, self.num_tasks, "domain", build_task, build_test,
-                      data=data.description)
+                      data=data.description, data_files=data.files)

