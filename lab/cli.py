@@ -37,7 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     p_run = sub.add_parser("run", help="train; Hydra overrides key=value, --multirun to sweep")
     p_run.add_argument("--multirun", "-m", action="store_true", help="sweep comma-separated values (Hydra launcher)")
     p_run.add_argument("overrides", nargs="*", help="e.g. experiment=split_mnist seed=3 agent.optimizer.lr=0.01")
-    p_run.add_argument("--cfg", choices=("job",), help="print the composed config (as Hydra's --cfg job) and exit")
+    p_run.add_argument("--cfg", choices=("job", "sbatch"), help="print the composed config (job, as Hydra's --cfg "
+                       "job), or the sbatch script a SLURM sweep would submit (sbatch), and exit")
     p_run.add_argument("--config-dir", "-cd", help="a folder of your own configs (experiment/*.yaml presets, or a "
                        "primary config); the lab's configs stay on the search path")
     p_run.add_argument("--config-name", "-cn", default="config", help="the primary config's name (default: config)")
@@ -51,6 +52,9 @@ def main(argv: list[str] | None = None) -> int:
     p_res.add_argument("overrides", nargs="*", help="key=value changes applied on purpose, e.g. agent.optimizer.lr=0.01")
     p_res.add_argument("--trust-plugins", action="store_true",
                        help="import the plug-in modules the run's config.yaml names (they run code)")
+    p_status = sub.add_parser("status", help="each job of a sweep (or a run): finished, running, stopped at task k, "
+                              "failed with its error line, not started")
+    p_status.add_argument("dirs", nargs="+", help="sweep or run directories")
     p_sync = sub.add_parser("sync", help="rebuild a run's offline W&B history from metrics.jsonl (and upload it)")
     p_sync.add_argument("run_dirs", nargs="+")
     p_sync.add_argument("--upload", action="store_true", help="then `wandb sync` it (needs a login and network)")
@@ -86,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
             from plasticity_lab.lab.config import ConfigSource
 
             source = ConfigSource(args.config_dir, args.config_name)
+            if args.cfg == "sbatch":
+                return _sbatch(args.overrides, source)
             if args.multirun:
                 return _multirun(args.overrides, source=source)
             return _run(args.overrides, source, print_only=args.cfg == "job")
@@ -93,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
             return _rerun(Path(args.run_dir), args.overrides, args.trust_plugins)
         if args.command == "resume":
             return _resume(Path(args.out_dir), args.overrides, args.trust_plugins)
+        if args.command == "status":
+            return _status([Path(d) for d in args.dirs])
         if args.command == "sync":
             return _sync([Path(d) for d in args.run_dirs], args.upload)
         if args.command == "list":
@@ -187,6 +195,22 @@ def _run(overrides: list[str], source: Any, print_only: bool = False) -> int:
     return _train(cfg)
 
 
+def _sbatch(overrides: list[str], source: Any) -> int:
+    """The sbatch script of the sweep ``overrides`` describe (nothing is submitted)."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from plasticity_lab.lab.cluster import sbatch_script
+    from plasticity_lab.lab.config import compose_hydra
+
+    if not any(o.startswith("hydra.sweep.dir=") for o in overrides):
+        overrides = [*overrides, f"hydra.sweep.dir=runs/multirun/{datetime.now().strftime('%Y%m%d-%H%M%S')}"]
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    jobs = sum(len(batch) for batch in BasicSweeper.split_arguments(parsed, None))
+    print(sbatch_script(compose_hydra(_first_values(overrides)[0], source).launcher, jobs), end="")
+    return 0
+
+
 def _saved_config(run_dir: Path, command: str, trust_plugins: bool) -> Any:
     """A run's config.yaml, with the plug-in modules it names imported only
     when the user trusts them (importing runs their code)."""
@@ -253,7 +277,9 @@ def _resume_sweep(sweep: Path, overrides: list[str], trust_plugins: bool) -> int
     from plasticity_lab.lab.sweep import SWEEP_FILE
 
     hydra_cfg = OmegaConf.load(sweep / SWEEP_FILE).hydra
-    task = list(hydra_cfg.overrides.task)
+    # the sweep's own overrides and its launcher's (hydra/launcher=slurm, hydra.launcher.partition=...); the
+    # folder naming, sweep dir and search path are given anew below
+    task = [*hydra_cfg.overrides.task, *(o for o in hydra_cfg.overrides.hydra if not o.startswith(REGENERATED))]
     if any(o.partition("=")[0].lstrip("+") == "plugins" for o in task) and not trust_plugins:
         raise ConfigError("plugins", task, f"modules you trust: the sweep names plug-ins that run code when imported; "
                           f"resume with: lab resume {sweep} --trust-plugins")
@@ -267,6 +293,32 @@ def _resume_sweep(sweep: Path, overrides: list[str], trust_plugins: bool) -> int
     source = ConfigSource(launched.get("directory"), launched.get("name", "config"))
     task = [o for o in task if not o.startswith("hydra.searchpath=")]
     return _multirun(task, sweep_dir=sweep, source=source, naming=naming)
+
+
+def _status(dirs: list[Path]) -> int:
+    """Each sweep's jobs (lab/sweep.py ``report``) and a tuning sweep's best
+    trial; each run's (or each seed's) state in one line."""
+    import yaml
+
+    from plasticity_lab.lab.rundir import CONFIG, status
+    from plasticity_lab.lab.sweep import BEST_FILE, is_sweep, jobs, report
+
+    for d in dirs:
+        if is_sweep(d):
+            print(report(d, jobs(d)))
+            if (d / BEST_FILE).is_file():  # a tuning sweep: its best trial
+                best = yaml.safe_load((d / BEST_FILE).read_text()) or {}
+                params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                                   for k, v in (best.get("best_params") or {}).items())
+                print(f"best trial: {best.get('best_value')} with {params} ({d / BEST_FILE})")
+        elif (d / CONFIG).is_file():
+            seeds = sorted(d.glob("seed_*"))
+            for run in seeds or [d]:
+                print(f"{run}: {status(run)}")
+        else:
+            raise ConfigError("dir", str(d), "a sweep directory (holding multirun.yaml) or a run directory "
+                              "(holding config.yaml)")
+    return 0
 
 
 def _sync(dirs: list[Path], upload: bool) -> int:
@@ -289,6 +341,10 @@ def _sync(dirs: list[Path], upload: bool) -> int:
     return 0
 
 
+REGENERATED = ("hydra.sweep.", "hydra.job.config.override_dirname.", "hydra.searchpath=", "hydra/job_logging=",
+               "hydra/hydra_logging=", "hydra.mode=")
+"""Hydra overrides a sweep's launch adds itself: a resumed sweep does not replay them."""
+
 SOURCE_FILE = "lab_config_source.json"
 """In a sweep directory: the --config-dir and --config-name it was launched with (for lab resume)."""
 
@@ -303,7 +359,7 @@ def _multirun(overrides: list[str], sweep_dir: Path | None = None, source: Any =
     import hydra
     from hydra.core.hydra_config import HydraConfig
 
-    from plasticity_lab.lab.config import ConfigSource, compose_config, strategy_choice
+    from plasticity_lab.lab.config import ConfigSource, compose_config, compose_hydra, strategy_choice
 
     source = source or ConfigSource()
     overrides = [strategy_choice(o) for o in overrides]
@@ -312,7 +368,7 @@ def _multirun(overrides: list[str], sweep_dir: Path | None = None, source: Any =
     from plasticity_lab.lab.group import claim_dir
     from plasticity_lab.lab.rundir import is_finished
     from plasticity_lab.lab.stop import EXIT_STOPPED
-    from plasticity_lab.lab.sweep import job_subdir, jobs, report
+    from plasticity_lab.lab.sweep import is_sweep, job_subdir, jobs, objective, record_launch, report
 
     asked = [o.partition("=")[2] for o in overrides if o.startswith("hydra.sweep.dir=")]
     overrides = [o for o in overrides if not o.startswith("hydra.sweep.dir=")]
@@ -325,17 +381,21 @@ def _multirun(overrides: list[str], sweep_dir: Path | None = None, source: Any =
     stopped: list[int] = []  # a signal stops the sweep, not only its running job
 
     @hydra.main(config_path=source.path(), config_name=source.name, version_base=None)
-    def job(cfg: Any) -> None:
+    def job(cfg: Any) -> float | None:
+        """One sweep point (in this process, or in a submitit job); returns
+        its objective to the sweeper (lab/sweep.py ``objective``)."""
         out = Path(HydraConfig.get().runtime.output_dir)
         if is_finished(out):
             print(f"{out}: finished; left as it is")
         elif not stopped and (code := _sweep_job(cfg, out)) in (EXIT_STOPPED, 130):
             stopped.append(code)
+        return objective(out)
 
+    launch = [*source.overrides(), *overrides, f"hydra.sweep.dir={sweep_dir}", *(naming or job_subdir(overrides))]
+    if not is_sweep(sweep_dir):  # Hydra's basic sweeper writes its own; a tuning sweeper writes none
+        record_launch(sweep_dir, compose_hydra(_first_values(launch)[0], source), launch)
     saved = sys.argv
-    sys.argv = ["lab", "--multirun", *source.overrides(), *overrides, f"hydra.sweep.dir={sweep_dir}",
-                *(naming or job_subdir(overrides)),
-                "hydra/job_logging=disabled", "hydra/hydra_logging=disabled"]
+    sys.argv = ["lab", "--multirun", *launch, "hydra/job_logging=disabled", "hydra/hydra_logging=disabled"]
     try:
         job()
     finally:
@@ -374,7 +434,8 @@ def _first_values(overrides: list[str]) -> list[list[str]]:
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     parsed = OverridesParser.create().parse_overrides(overrides)
-    values = [list(o.sweep_string_iterator()) if o.is_sweep_override() else [o.input_line] for o in parsed]
+    values = [[str(o.value().start)] if o.is_interval_sweep()  # a tuner samples it: its lower end stands for it
+              else list(o.sweep_string_iterator()) if o.is_sweep_override() else [o.input_line] for o in parsed]
     firsts = [_as_override(o, v[0]) for o, v in zip(parsed, values)]
     combos = [firsts]
     for i, (o, vs) in enumerate(zip(parsed, values)):

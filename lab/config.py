@@ -331,10 +331,17 @@ def _check_intervention_names(overrides: list[str]) -> None:
                 raise ConfigError("interventions", name.strip(), interventions.names() or ["(none registered)"])
 
 
-def _compose(overrides: list[str], source: ConfigSource = ConfigSource()) -> DictConfig:
+def _compose(overrides: list[str], source: ConfigSource = ConfigSource(), with_hydra: bool = False) -> DictConfig:
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=source.path(), version_base=None):
-        return compose(source.name, overrides=[*source.overrides(), *overrides])
+        return compose(source.name, overrides=[*source.overrides(), *overrides], return_hydra_config=with_hydra)
+
+
+def compose_hydra(overrides: list[str], source: ConfigSource = ConfigSource()) -> DictConfig:
+    """Hydra's own config (``hydra.*``: launcher, sweeper, sweep dir) for
+    ``overrides`` (no sweep values: one job's), validated as compose_config does."""
+    compose_config(overrides, source)
+    return _compose([strategy_choice(o) for o in overrides], source, with_hydra=True).hydra
 
 
 def _readable(err: Exception, overrides: list[str], source: ConfigSource = ConfigSource()) -> ConfigError:

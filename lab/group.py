@@ -38,7 +38,7 @@ from plasticity_lab.registry import ConfigError
 FORMAT = 3
 """The checkpoint layout; a run resumes only from its own."""
 PROVENANCE = "provenance.json"
-"""Written at each start and resume: the data and the processes that trained the group (lab/provenance.py)."""
+"""Written at each start, checkpoint and finish: the data and the processes that trained the group (lab/provenance.py)."""
 
 
 @dataclass
@@ -62,8 +62,10 @@ class RunGroup:
         """The data read and every process that trained the group, the current
         one up to now (lab/provenance.py)."""
         self.segments[-1].update(wall_s=round(time.perf_counter() - self.opened, 3), ended_at=now())
-        return {"data": self.data, "segments": self.segments,
-                "wall_time_s": round(sum(s["wall_s"] for s in self.segments), 3)}
+        record = {"data": self.data, "segments": self.segments,
+                  "wall_time_s": round(sum(s["wall_s"] for s in self.segments), 3)}
+        write_atomic(self.out / PROVENANCE, json.dumps(record, indent=1))  # the file says as much as the checkpoint
+        return record
 
     def save(self, next_task: int, position: dict[str, Any] | None = None) -> None:
         """One checkpoint of every run (atomic; ``lab resume`` starts at ``next_task``, or inside it at ``position``)."""
@@ -128,7 +130,7 @@ def open_group(cfg: DictConfig, out_dir: str | Path | None = None, resume: bool 
     b = built[0]
     group.data = {"source": b.stream.data, **data_fingerprint(cfg.data.root, b.stream.data_files)}
     group.segments.append(segment(b.device, b.threads.threads, b.threads.reason))
-    write_atomic(out / PROVENANCE, json.dumps(group.provenance(), indent=1))
+    group.provenance()  # provenance.json from the first moment
     if cfg.progress != "off":
         parameters = sum(p.numel() for p in b.agent.model.parameters())
         print(banner(cfg, out, b.stream, parameters, b.device, b.threads, isinstance(b.agent, FusedAgent),

@@ -15,6 +15,7 @@ accumulate in device tensors and are read every ``train.log_every`` steps
 from __future__ import annotations
 
 import math
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -94,9 +95,11 @@ def run(cfg: DictConfig, out_dir: str | Path | None = None, resume: bool = False
     Returns each run's summary (also written to its ``summary.json``)."""
     group = open_group(cfg, out_dir, resume, requested)
     stop = StopRequest().install()
+    stopped: Stopped | None = None
     try:
         return train(group, stop)
-    except Stopped:  # resumable: not a failure
+    except Stopped as err:  # resumable: not a failure
+        stopped = err
         raise
     except NonFiniteLoss as err:
         mark_failed(group.out, EXIT_NONFINITE, str(err))
@@ -110,6 +113,10 @@ def run(cfg: DictConfig, out_dir: str | Path | None = None, resume: bool = False
     finally:
         stop.restore()
         group.close()
+        handler = stop.launcher_handler() if stopped is not None else None
+        if handler is not None:  # checkpointed and closed: the enclosing launcher acts (submitit requeues)
+            print(f"lab: {stopped}; {stop.name} handed on to the launcher", file=sys.stderr, flush=True)
+            handler(stop.signum, None)
 
 
 def train(group: RunGroup, stop: StopRequest) -> list[dict[str, Any]]:

@@ -18,6 +18,7 @@ import fcntl
 import hashlib
 import json
 import os
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -44,9 +45,7 @@ class RunDirLock:
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as err:
             raise ConfigError("out_dir", str(self.directory), f"a folder the lab can create and write ({err.strerror})") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        if not _lock(fd, attempts=20):  # `lab status` probes the lock for an instant: wait that out
             holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
             os.close(fd)
             raise ConfigError("out_dir", str(self.directory),
@@ -60,6 +59,34 @@ class RunDirLock:
         if self.fd is not None:
             os.close(self.fd)  # closing drops the flock
             self.fd = None
+
+
+def _lock(fd: int, attempts: int) -> bool:
+    """Take the exclusive lock on ``fd``, trying ``attempts`` times 50 ms apart."""
+    for attempt in range(attempts):
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if attempt + 1 < attempts:
+                time.sleep(0.05)
+    return False
+
+
+def is_running(directory: Path) -> bool:
+    """A process holds ``directory``'s lock: a run is writing there now (on a
+    cluster's shared file system, from whichever node runs it)."""
+    try:
+        fd = os.open(directory / LOCK, os.O_RDWR)
+    except OSError:
+        return False
+    try:
+        if not _lock(fd, attempts=1):
+            return True
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    finally:
+        os.close(fd)
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -100,22 +127,33 @@ def clear_failure(directory: Path) -> None:
 
 
 def status(run_dir: Path) -> str:
-    """What a run directory holds, in words: finished, failed (exit status and
-    error), stopped at task k/N, started, or nothing."""
+    """What a run directory holds, in words: finished, running, failed (exit
+    status and error), stopped at task k/N, started, or nothing."""
     if is_finished(run_dir):
         return "finished"
+    if is_running(run_dir) or (run_dir.name.startswith("seed_") and is_running(run_dir.parent)):
+        return "running" + _position(run_dir, " (checkpoint: task {task}/{num_tasks})")
     failed = failure(run_dir) or (failure(run_dir.parent) if run_dir.name.startswith("seed_") else None)
     if failed is not None:
         return f"failed (exit {failed['exit_status']}): {failed['error']}"
+    stopped = _position(run_dir, "stopped at task {task}/{num_tasks}{inside}")
+    if stopped:
+        return stopped
+    return "started, no checkpoint yet" if (run_dir / CONFIG).is_file() else "no run"
+
+
+def _position(run_dir: Path, form: str) -> str:
+    """Where the run's last checkpoint is, in ``form`` (task, num_tasks, inside); "" without one."""
     for home in (run_dir, run_dir.parent):  # a seed's checkpoint is its group's
         try:
             p = json.loads((home / PROGRESS).read_text())
         except (OSError, ValueError):
             continue
-        if p["next_task"] >= p["num_tasks"]:
+        if p["next_task"] >= p["num_tasks"] and "stopped" in form:
             return f"stopped while finishing (all {p['num_tasks']} tasks trained)"
-        return f"stopped at task {p['next_task'] + 1}/{p['num_tasks']}{' (inside it)' if p['inside_task'] else ''}"
-    return "started, no checkpoint yet" if (run_dir / CONFIG).is_file() else "no run"
+        return form.format(task=min(p["next_task"] + 1, p["num_tasks"]), num_tasks=p["num_tasks"],
+                           inside=" (inside it)" if p["inside_task"] else "")
+    return ""
 
 
 def is_finished(directory: Path) -> bool:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import signal
 import threading
 from types import FrameType
-from typing import Any
+from typing import Any, Callable
 
 EXIT_STOPPED = 75
 """Exit status of a run stopped by a signal with its checkpoint written (sysexits' EX_TEMPFAIL: try again)."""
@@ -48,7 +48,15 @@ class StopRequest:
     def restore(self) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
-        self._previous.clear()
+
+    def launcher_handler(self) -> Callable[[int, FrameType | None], Any] | None:
+        """The handler the lab replaced for the signal that stopped it, when
+        that is a Python function of an enclosing launcher (submitit's
+        checkpoint-and-requeue), else None: the interpreter's defaults
+        (terminate, KeyboardInterrupt) are not called, the lab's exit status
+        stands for them. The caller calls it once the checkpoint is written."""
+        previous = self._previous.get(self.signum) if self.signum is not None else None
+        return previous if callable(previous) and previous is not signal.default_int_handler else None
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self.signum is not None and signum == signal.SIGINT:

@@ -122,12 +122,21 @@ class WandbSink:
 
 
 def init_settings(out_dir: Path, config: dict[str, Any]) -> dict[str, Any]:
-    """``wandb.init``'s arguments for the run in ``out_dir`` (its config's ``wandb`` section)."""
+    """``wandb.init``'s arguments for the run in ``out_dir`` (its config's
+    ``wandb`` section). A job of a sweep lands in a group named after the
+    sweep's folder (unless ``wandb.group`` names one), tagged ``key=value``
+    with its swept values."""
     import wandb
 
+    from plasticity_lab.lab.sweep import membership
+
     w = config["wandb"]
-    return dict(project=w["project"], entity=w["entity"], group=w["group"] or config["experiment"],
-                name=w["name"] or f"{config['experiment']}-s{config['seed']}", tags=list(w["tags"]) or None,
+    sweep = membership(out_dir)  # a sweep's jobs share its group, tagged with their swept values
+    group = w["group"] or (sweep.sweep if sweep else config["experiment"])
+    # W&B refuses tags over 64 characters
+    tags = [*w["tags"], *(f"{k}={v}"[:64] for k, v in (sweep.values if sweep else {}).items())]
+    return dict(project=w["project"], entity=w["entity"], group=group,
+                name=w["name"] or f"{config['experiment']}-s{config['seed']}", tags=tags or None,
                 job_type=w["job_type"], config=config, dir=str(out_dir),
                 # create_new: vectorised seeds hold one W&B run each in one process (the default hands
                 # a second init the first run back)

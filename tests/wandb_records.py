@@ -82,3 +82,9 @@ def config(run_dir: Path) -> dict:
             for item in items:
                 out[item.key or "/".join(item.nested_key)] = json.loads(item.value_json)
     return out
+
+
+def run_record(run_dir: Path):
+    """The run record (group, tags, name, ...) of the offline run under ``run_dir``, once complete."""
+    path = wait_for_exit(run_dir)
+    return next(rec.run for rec in records(path) if rec.WhichOneof("record_type") == "run")

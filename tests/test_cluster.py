@@ -1,0 +1,150 @@
+"""Sweeps off this machine: Hydra's submitit launcher with submitit's real
+local executor (there is no SLURM here; each job is its own process, started,
+signalled and requeued by submitit as on a cluster), ``lab status``, the SLURM
+preset's sbatch script, and a study through Hydra's Optuna sweeper."""
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from test_stops import lines, offline_env, records, summary, wait_for
+from wandb_records import config as wandb_config
+from wandb_records import run_record
+
+QUIET = ["wandb.enabled=false", "progress=off"]
+LOCAL = "hydra/launcher=submitit_local"
+
+
+def lab(*args, cwd, env=None, timeout=600):
+    return subprocess.run([sys.executable, "-m", "plasticity_lab.lab", *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=timeout, env=env)
+
+
+def start(*args, cwd) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "plasticity_lab.lab", *args], cwd=cwd, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def test_a_2x2_sweep_of_submitit_jobs_lands_in_one_wandb_group_and_compare_and_plot_read_it(tmp_path):
+    done = lab("run", "--multirun", LOCAL, "activation=relu,tanh", "seed=0,1", "progress=off", "agent.hidden=[16]",
+               "stream.num_tasks=2", "stream.examples_per_task=256", "hydra.sweep.dir=grid", cwd=tmp_path,
+               env=offline_env(tmp_path))
+    assert done.returncode == 0, done.stderr
+    assert "4 job(s) under grid: 4 finished, 0 failed" in done.stdout
+    grid = tmp_path / "grid"
+    # each job ran as a submitit job of its own: its folder holds submitit's result and the job's own output
+    logs = sorted((grid / ".submitit").glob("*/*_0_log.out"))
+    assert len(logs) == 4 and all("finished; average accuracy" in log.read_text() for log in logs)
+    for activation in ("relu", "tanh"):
+        for seed in (0, 1):
+            job = grid / f"activation={activation},seed={seed}"
+            run = run_record(job)
+            assert run.run_group == "grid" and sorted(run.tags) == [f"activation={activation}", f"seed={seed}"]
+            assert wandb_config(job)["activation"]["name"] == activation
+    table = lab("compare", "grid", cwd=tmp_path)
+    assert table.returncode == 0, table.stderr
+    rows = [line for line in table.stdout.splitlines() if line.startswith("| activation=")]
+    assert [r.split(" | ")[:3] for r in rows] == [["| activation=relu", "2", "finished"],
+                                                 ["| activation=tanh", "2", "finished"]]
+    plots = lab("plot", "grid", "--out", "figures", cwd=tmp_path)
+    assert plots.returncode == 0 and list((tmp_path / "figures").glob("*.png")), plots.stderr
+
+
+# Four jobs at batch 1, run at once by submitit: one finishes, one is stopped by SIGTERM (not requeued: a
+# stopped run), one is preempted with submitit's own signal (USR2, as LocalJob._interrupt sends it) and
+# requeued, one diverges.
+PREEMPTED = [*QUIET, "agent.hidden=[16]", "stream.num_tasks=4", "stream.examples_per_task=600", "train.batch_size=1",
+             "train.log_every=50", "metrics.probe_every=0", "metrics.hessian_every=0", "interventions=[cbp]",
+             "interventions.cbp.replacement_rate=0.01", "interventions.cbp.maturity_threshold=50",
+             "interventions.cbp.accumulate=false"]
+
+
+def test_a_preempted_job_is_requeued_and_ends_as_uninterrupted_and_status_tells_every_job(tmp_path):
+    sweep = start("run", "--multirun", LOCAL, *PREEMPTED, "agent.optimizer.lr=0.01,0.02,0.03,1e30",
+                  "hydra.sweep.dir=sweep", cwd=tmp_path)
+    root = tmp_path / "sweep"
+    stopped, preempted = root / "agent.optimizer.lr=0.02", root / "agent.optimizer.lr=0.03"
+
+    def inside_task_2(job: Path) -> bool:  # the event: a training record of task 2 (of 4), not the end
+        return any(r["task"] >= 1 and "train/loss" in r for r in lines(job / "metrics.jsonl"))
+
+    signalled: dict[Path, signal.Signals] = {}
+    while len(signalled) < 2:
+        wait_for(lambda: any(inside_task_2(j) for j in (stopped, preempted) if j not in signalled), sweep,
+                 "the jobs reached task 2")
+        for job, sig in ((stopped, signal.SIGTERM), (preempted, signal.SIGUSR2)):
+            if job not in signalled and inside_task_2(job):
+                if sig == signal.SIGTERM:  # while it trains, status sees it running
+                    shown = lab("status", "sweep", cwd=tmp_path).stdout
+                    assert "agent.optimizer.lr=0.02: running" in shown, shown
+                os.kill(int((job / ".lock").read_text()), sig)  # the .lock holds the writing process's pid
+                signalled[job] = sig
+    out, err = sweep.communicate(timeout=600)
+    assert sweep.returncode == 3, err  # the sweep's status: its first failure's (the divergence)
+
+    status = lab("status", "sweep", cwd=tmp_path)
+    assert status.returncode == 0, status.stderr
+    shown = dict(line.strip().split(": ", 1) for line in status.stdout.splitlines() if line.startswith("  "))
+    assert shown["agent.optimizer.lr=0.01"] == "finished"
+    assert shown["agent.optimizer.lr=0.03"] == "finished"
+    assert shown["agent.optimizer.lr=0.02"].startswith("stopped at task ")
+    assert shown["agent.optimizer.lr=1e+30"]  # Hydra writes the value as 1e+30.startswith("failed (exit 3): the training loss became nan")
+    assert "4 job(s) under sweep: 2 finished, 1 failed, 1 stopped (lab resume sweep" in status.stdout
+
+    # the preempted job: checkpointed where it was, handed the signal to submitit, was requeued and resumed
+    (log,) = [p for p in (root / ".submitit").glob("*/*_0_log.err") if "SIGUSR2" in p.read_text()]
+    text = log.read_text()
+    assert "lab: stopped (SIGUSR2) at task" in text and "SIGUSR2 handed on to the launcher" in text
+    assert "resuming" in text and "(inside it)" in text
+    whole = lab("run", *PREEMPTED, "agent.optimizer.lr=0.03", "out_dir=whole", cwd=tmp_path)
+    assert whole.returncode == 0, whole.stderr
+    # the same arithmetic in the same order on one thread each (train.threads=auto at batch 1): exactly equal
+    assert summary(preempted) == summary(tmp_path / "whole")
+    assert records(preempted / "metrics.jsonl") == records(tmp_path / "whole" / "metrics.jsonl")
+
+
+def test_the_slurm_preset_renders_an_sbatch_array_with_its_values(tmp_path):
+    shown = lab("run", "--multirun", "--cfg", "sbatch", "hydra/launcher=slurm", "seed=0,1,2", "activation=relu,tanh",
+                "hydra.launcher.partition=gpu", "hydra.launcher.gpus_per_node=1", "hydra.launcher.timeout_min=600",
+                "+hydra.launcher.additional_parameters.mail-type=END", "hydra.launcher.setup=[module load cuda]",
+                "hydra.sweep.dir=sweep", cwd=tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    script = shown.stdout
+    assert script.startswith("#!/bin/bash")
+    for line in ("#SBATCH --array=0-5%6", "#SBATCH --partition=gpu", "#SBATCH --gpus-per-node=1", "#SBATCH --time=600",
+                 "#SBATCH --cpus-per-task=4", "#SBATCH --mem=16GB", "#SBATCH --job-name=plasticity-lab",
+                 "#SBATCH --mail-type=END", "#SBATCH --signal=USR2@120", "module load cuda"):
+        assert line in script.splitlines(), (line, script)
+    assert script.rstrip().endswith(f"-m submitit.core._submit {tmp_path / 'sweep'}/.submitit/%j")
+    assert not (tmp_path / "sweep").exists()  # nothing submitted, nothing written
+    other = lab("run", "--multirun", "seed=0,1", "--cfg", "sbatch", cwd=tmp_path)
+    assert other.returncode == 2 and "a SLURM launcher (hydra/launcher=slurm)" in other.stderr
+
+
+def test_an_optuna_study_of_four_trials_returns_each_job_s_objective(tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    done = lab("run", "--multirun", "experiment=tune_cbp", *QUIET, "hydra.sweeper.n_trials=4", "stream.num_tasks=3",
+               "stream.examples_per_task=300", "agent.hidden=[16]",
+               # ranges where the few steps here do replace units, so that trials differ
+               "interventions.cbp.maturity_threshold=int(interval(1,20))",
+               "interventions.cbp.replacement_rate=interval(0.01,0.5)", "hydra.sweep.dir=study", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    study = tmp_path / "study"
+    jobs = sorted(p for p in study.iterdir() if (p / "summary.json").is_file())
+    assert [p.name for p in jobs] == ["0", "1", "2", "3"]  # a tuner's trials are named by number
+    scores = {}
+    for job in jobs:
+        s = json.loads((job / "summary.json").read_text())
+        scores[job.name] = s["online_accuracy"][-1]  # 3 tasks: the final tenth is the last task
+        cbp = yaml.safe_load((job / "config.yaml").read_text())["interventions"]["cbp"]
+        assert 1 <= cbp["maturity_threshold"] <= 20 and 0.01 <= cbp["replacement_rate"] <= 0.5
+    best = yaml.safe_load((study / "optimization_results.yaml").read_text())
+    assert best["best_value"] == max(scores.values())
+    status = lab("status", "study", cwd=tmp_path)
+    assert "4 job(s) under study: 4 finished, 0 failed" in status.stdout
+    assert f"best trial: {best['best_value']} with interventions.cbp." in status.stdout
