@@ -22,6 +22,7 @@ from plasticity_lab.agents.optimizers import make_optimizer
 from plasticity_lab.metrics.tracker import Tracker
 from plasticity_lab.registry import ConfigError
 from plasticity_lab.streams import Stream, stream_builders
+from plasticity_lab.streams.sources import DataSource
 
 
 def as_dict(node: Any) -> dict[str, Any]:
@@ -57,7 +58,8 @@ def build_stream(cfg: DictConfig) -> Stream:
     name = params.pop("name")
     cls = stream_builders.get(name)
     stream_builders.check_params(name, params)
-    return cls(**params).build(cfg.seed, cfg.data.root)
+    source = DataSource(cfg.data.root, cfg.data.split, cfg.data.split_seed)
+    return cls(**params).build(cfg.seed, source)
 
 
 def build_agent(cfg: DictConfig, stream: Stream, device: torch.device) -> Agent:

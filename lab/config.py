@@ -125,10 +125,14 @@ class TrainConfig:
 class DataConfig:
     """root: the stream's data files (MNIST-format IDX files for the MNIST
     streams; null = the embedded subset); needs_root: the protocol needs the
-    full data set, so the embedded subset is refused (paper-scale presets)."""
+    full data set, so the embedded subset is refused (paper-scale presets);
+    split, split_seed: how the embedded subset's 5,000 images are split into
+    4,000 train / 1,000 test (shuffled | stratified; streams/sources.py DataSource)."""
 
     root: Optional[str] = None
     needs_root: bool = False
+    split: str = "shuffled"
+    split_seed: int = 0
 
 
 @dataclass

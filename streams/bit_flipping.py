@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from plasticity_lab.registry import ConfigError
+from plasticity_lab.streams.sources import DataSource
 from plasticity_lab.streams.stream import EvalSet, Stream, StreamBuilder, check_positive, stream_builders, task_rng
 from plasticity_lab.streams.task import Task
 
@@ -92,7 +93,7 @@ class BitFlipping(StreamBuilder):
         np.add.at(bits, flips, 1)
         return bits % 2
 
-    def build(self, seed: int, data_root: str | None = None) -> Stream:
+    def build(self, seed: int, data: DataSource | str | None = None) -> Stream:  # generated: reads no data
         target = LTUTarget.sample(task_rng(seed, 0, "ltu_target"), self.inputs, self.target_features, self.beta)
         fresh = self.inputs - self.slow_bits
 

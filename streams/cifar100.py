@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from plasticity_lab.registry import ConfigError, DataError
 from plasticity_lab.streams.download import where_to_get
 from plasticity_lab.streams.pickles import load_data_pickle
+from plasticity_lab.streams.sources import DataSource, as_source
 from plasticity_lab.streams.stream import EvalSet, Stream, StreamBuilder, stream_builders, task_rng
 from plasticity_lab.streams.task import Task
 
@@ -109,7 +110,8 @@ class IncrementalCIFAR100(StreamBuilder):
         if self.train_per_class is not None and not (isinstance(self.train_per_class, int) and self.train_per_class >= 1):
             raise ConfigError("stream.train_per_class", self.train_per_class, "a positive integer or null (all)")
 
-    def build(self, seed: int, data_root: str | None = None) -> Stream:
+    def build(self, seed: int, data: DataSource | str | None = None) -> Stream:
+        data_root = as_source(data).root
         if data_root is None:
             raise DataError("cifar100_incremental needs data.root: a directory with CIFAR-100's python-version "
                             "'train' and 'test' files; " + where_to_get("cifar100_incremental"))

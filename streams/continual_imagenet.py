@@ -21,6 +21,7 @@ import torch
 
 from plasticity_lab.registry import DataError
 from plasticity_lab.streams.imagenet32 import class_images, load_meta
+from plasticity_lab.streams.sources import DataSource, as_source
 from plasticity_lab.streams.stream import EvalSet, Stream, StreamBuilder, check_positive, stream_builders, task_rng
 from plasticity_lab.streams.task import Task
 
@@ -42,7 +43,8 @@ class ContinualImageNet(StreamBuilder):
         for key in ("num_tasks", "train_per_class", "test_per_class"):
             check_positive(key, getattr(self, key))
 
-    def build(self, seed: int, data_root: str | None = None) -> Stream:
+    def build(self, seed: int, data: DataSource | str | None = None) -> Stream:
+        data_root = as_source(data).root
         meta = load_meta(data_root)
         classes = int(meta["num_classes"])
         need = self.train_per_class + self.test_per_class

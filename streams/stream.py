@@ -14,6 +14,7 @@ import torch
 import numpy as np
 
 from plasticity_lab.registry import ConfigError, Registry
+from plasticity_lab.streams.sources import DataSource
 from plasticity_lab.streams.task import Task
 
 
@@ -104,10 +105,12 @@ def task_rng(seed: int, task_id: int, purpose: str = "") -> np.random.Generator:
 class StreamBuilder:
     """The contract of a stream plug-in: a dataclass whose fields are the
     stream's parameters (``stream.*``) and whose ``build`` makes the run's
-    :class:`Stream` from its seed and ``data.root`` (check parameters in
-    ``__post_init__``, missing data in ``build``: both before any training)."""
+    :class:`Stream` from its seed and its data: a ``streams.sources.DataSource``
+    (``data.root`` and the embedded subset's split; a bare root string or
+    None stands for one with the default split). Check parameters in
+    ``__post_init__``, missing data in ``build``: both before any training."""
 
-    def build(self, seed: int, data_root: str | None = None) -> Stream:
+    def build(self, seed: int, data: DataSource | str | None = None) -> Stream:
         raise NotImplementedError
 
 

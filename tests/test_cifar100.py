@@ -28,7 +28,7 @@ def cifar_dir(tmp_path):
 
 
 def test_increments_are_cumulative_and_normalised(cifar_dir):
-    s = IncrementalCIFAR100().build(seed=0, data_root=str(cifar_dir))
+    s = IncrementalCIFAR100().build(seed=0, data=str(cifar_dir))
     assert s.num_tasks == 20 and s.scenario == "task" and s.augment is not None
     t0, t1 = s.task(0), s.task(1)
     assert len(t0.classes) == 5 and len(t1.classes) == 10 and set(t0.classes) < set(t1.classes)

