@@ -205,9 +205,14 @@ def _sbatch(overrides: list[str], source: Any) -> int:
 
     if not any(o.startswith("hydra.sweep.dir=") for o in overrides):
         overrides = [*overrides, f"hydra.sweep.dir=runs/multirun/{datetime.now().strftime('%Y%m%d-%H%M%S')}"]
-    parsed = OverridesParser.create().parse_overrides(overrides)
-    jobs = sum(len(batch) for batch in BasicSweeper.split_arguments(parsed, None))
-    print(sbatch_script(compose_hydra(_first_values(overrides)[0], source).launcher, jobs), end="")
+    hydra = compose_hydra(_first_values(overrides)[0], source)
+    if "n_trials" in hydra.sweeper:  # a tuner submits its trials in arrays of n_jobs
+        jobs = int(hydra.sweeper.n_jobs)
+        print(f"lab: a tuning sweeper submits {hydra.sweeper.n_trials} trials as arrays of hydra.sweeper.n_jobs={jobs}",
+              file=sys.stderr)
+    else:
+        jobs = sum(len(batch) for batch in BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(overrides), None))
+    print(sbatch_script(hydra.launcher, jobs), end="")
     return 0
 
 
@@ -277,9 +282,14 @@ def _resume_sweep(sweep: Path, overrides: list[str], trust_plugins: bool) -> int
     from plasticity_lab.lab.sweep import SWEEP_FILE
 
     hydra_cfg = OmegaConf.load(sweep / SWEEP_FILE).hydra
-    # the sweep's own overrides and its launcher's (hydra/launcher=slurm, hydra.launcher.partition=...); the
-    # folder naming, sweep dir and search path are given anew below
-    task = [*hydra_cfg.overrides.task, *(o for o in hydra_cfg.overrides.hydra if not o.startswith(REGENERATED))]
+    if "n_trials" in hydra_cfg.sweeper:
+        raise ConfigError("out_dir", str(sweep), "a grid sweep: a tuning sweeper's study lives in its process, and a "
+                          "relaunch would ask it for new trials; resume its trials one by one (lab resume "
+                          f"{sweep}/<trial>), or start a new study")
+    # the sweep's own overrides and its launcher's (hydra/launcher=slurm, hydra.launcher.partition=...), as
+    # written (unresolved: they hold ${hydra.job.num}); folder naming, sweep dir and search path are given anew below
+    written = OmegaConf.to_container(hydra_cfg.overrides, resolve=False)
+    task = [*written["task"], *(o for o in written["hydra"] if not o.startswith(REGENERATED))]
     if any(o.partition("=")[0].lstrip("+") == "plugins" for o in task) and not trust_plugins:
         raise ConfigError("plugins", task, f"modules you trust: the sweep names plug-ins that run code when imported; "
                           f"resume with: lab resume {sweep} --trust-plugins")
@@ -398,12 +408,16 @@ def _multirun(overrides: list[str], sweep_dir: Path | None = None, source: Any =
     sys.argv = ["lab", "--multirun", *launch, "hydra/job_logging=disabled", "hydra/hydra_logging=disabled"]
     try:
         job()
+    except Exception as err:  # the sweeper's own end (e.g. Optuna with no trial finished): the jobs tell the rest
+        print(f"lab: error: the sweeper stopped: {type(err).__name__}: {err}".splitlines()[0], file=sys.stderr)
     finally:
         sys.argv = saved
     done = jobs(sweep_dir)
     print(report(sweep_dir, done))
     failed = [j.exit_status for j in done if j.failed]
-    return failed[0] if failed else (stopped[0] if stopped else 0)
+    # jobs in other processes (submitit) are stopped or not as their folders say
+    halted = stopped or [EXIT_STOPPED for j in done if j.status.startswith("stopped")]
+    return failed[0] if failed else (halted[0] if halted else 0)
 
 
 def _sweep_job(cfg: Any, out: Path) -> int:
@@ -411,10 +425,15 @@ def _sweep_job(cfg: Any, out: Path) -> int:
     folder (failed.json, and error.log for a crash) instead of ending the sweep."""
     import traceback
 
-    from plasticity_lab.lab.rundir import mark_failed
+    from plasticity_lab.lab.rundir import LockHeld, mark_failed
+    from plasticity_lab.registry import load_plugins
 
     try:
+        load_plugins(list(cfg.get("plugins") or []))  # a job in a process of its own (submitit) imports them anew
         return _train(cfg, out, brief=True)
+    except LockHeld as err:  # another process runs this job now: its run, not a failure of it
+        print(f"lab: error: {out}: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     except ConfigError as err:
         print(f"lab: error: {out}: {err}", file=sys.stderr)
         mark_failed(out, EXIT_BAD_INPUT, str(err))

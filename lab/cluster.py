@@ -41,6 +41,10 @@ def sbatch_script(launcher: DictConfig, jobs: int) -> str:
                           "for --cfg sbatch")
     executor = Preview(params.pop("submitit_folder"), max_num_timeout=params.pop("max_num_timeout"))
     # Hydra's generic keys (timeout_min, mem_gb, ...) in SLURM's words, as submitit's AutoExecutor maps them
-    executor.update_parameters(**executor._convert_parameters(params))
+    try:
+        executor.update_parameters(**executor._convert_parameters(params))
+    except ValueError as err:  # submitit names the keys it does not know, then lists every valid one
+        raise ConfigError("hydra.launcher", str(err).splitlines()[0], "the keys of configs/hydra/launcher/slurm.yaml "
+                          "and Hydra's SlurmQueueConf (sbatch options not among them go in additional_parameters)") from None
     executor.parameters["map_count"] = jobs
     return executor._make_submission_file_text(executor._submitit_command_str, "preview")

@@ -116,7 +116,10 @@ def run(cfg: DictConfig, out_dir: str | Path | None = None, resume: bool = False
         handler = stop.launcher_handler() if stopped is not None else None
         if handler is not None:  # checkpointed and closed: the enclosing launcher acts (submitit requeues)
             print(f"lab: {stopped}; {stop.name} handed on to the launcher", file=sys.stderr, flush=True)
-            handler(stop.signum, None)
+            try:
+                handler(stop.signum, None)  # a requeue ends this process here (SystemExit)
+            except Exception as err:  # the launcher declined (submitit: timed out too often): stopped, not crashed
+                print(f"lab: the launcher did not requeue: {err}".splitlines()[0], file=sys.stderr, flush=True)
 
 
 def train(group: RunGroup, stop: StopRequest) -> list[dict[str, Any]]:

@@ -26,6 +26,10 @@ ETA_WINDOW = 10
 """Tasks whose wall-clock time sets the ETA."""
 
 
+LINE_EVERY_S = 60.0
+"""Without a live bar, a line every 5% of the tasks, and at the first task end a minute after the last line."""
+
+
 class Progress:
     def __init__(self, num_tasks: int, task_examples: int | Sequence[int], first_task: int = 0, mode: str = "auto",
                  metric: str = "acc", runs: int = 1):
@@ -42,7 +46,7 @@ class Progress:
         self.first_task = first_task
         self.examples_per_s = 0.0
         self.recent: deque[tuple[int, float]] = deque(maxlen=ETA_WINDOW)
-        self.last_done = time.perf_counter()
+        self.last_done = self.last_line = time.perf_counter()
         self.bar = None
         if live and not self.quiet:
             self.bar = RichProgress(
@@ -80,7 +84,9 @@ class Progress:
                             completed=sum(self.sizes[:task + 1]))
             return
         every = max(1, self.num_tasks // 20)
-        if not self.quiet and ((task + 1) % every == 0 or task + 1 == self.num_tasks):
+        due = (task + 1) % every == 0 or task + 1 == self.num_tasks or now - self.last_line >= LINE_EVERY_S
+        if not self.quiet and due:
+            self.last_line = now
             per = " per seed" if self.runs > 1 else ""
             print(f"task {task + 1}/{self.num_tasks}  online {self.metric} {value:.3f}  {self.examples_per_s:.0f} ex/s{per}  "
                   f"ETA {eta_text}", file=sys.stderr, flush=True)

@@ -31,6 +31,10 @@ FAILED = "failed.json"
 CONFIG = "config.yaml"
 
 
+class LockHeld(ConfigError):
+    """Another process holds the run directory's lock (it is running there)."""
+
+
 class RunDirLock:
     """An exclusive lock on ``directory/.lock``, held until :meth:`release` (or the process ends)."""
 
@@ -48,8 +52,8 @@ class RunDirLock:
         if not _lock(fd, attempts=20):  # `lab status` probes the lock for an instant: wait that out
             holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
             os.close(fd)
-            raise ConfigError("out_dir", str(self.directory),
-                              f"a run directory no other process is writing (lab process {holder} holds its lock)") from None
+            raise LockHeld("out_dir", str(self.directory),
+                           f"a run directory no other process is writing (lab process {holder} holds its lock)") from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode(), 0)
         self.fd = fd
@@ -77,13 +81,15 @@ def is_running(directory: Path) -> bool:
     """A process holds ``directory``'s lock: a run is writing there now (on a
     cluster's shared file system, from whichever node runs it)."""
     try:
-        fd = os.open(directory / LOCK, os.O_RDWR)
+        fd = os.open(directory / LOCK, os.O_RDONLY)  # a teammate who may not write the file may still look
     except OSError:
         return False
     try:
         if not _lock(fd, attempts=1):
             return True
         fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    except OSError:  # a file system without flock: nothing to tell
         return False
     finally:
         os.close(fd)

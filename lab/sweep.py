@@ -78,11 +78,12 @@ def _job_number(marker: Path) -> tuple[int, str]:
 def report(sweep: Path, jobs_: list[Job]) -> str:
     """One line per job (its swept values and status), then the totals by
     state, with the jobs the sweep has not started yet."""
-    lines = [f"  {j.label}: {j.status}" for j in jobs_]
+    lines = [f"  {j.label}: {'not started' if j.status == 'no run' else j.status}" for j in jobs_]
     counts = {s: sum(j.status.startswith(s) for j in jobs_) for s in ("finished", "failed", "running", "stopped")}
-    other = len(jobs_) - sum(counts.values())
+    empty = sum(j.status == "no run" for j in jobs_)  # a folder Hydra made for a job a stop kept from starting
+    other = len(jobs_) - sum(counts.values()) - empty
     expected = expected_jobs(sweep)
-    waiting = max(expected - len(jobs_), 0) if expected is not None else 0
+    waiting = max(expected - len(jobs_), 0) + empty if expected is not None else empty
     told = [f"{n} {s}" for s, n in counts.items() if n or s in ("finished", "failed")]
     told += [f"{other} started (no checkpoint yet)"] * bool(other) + [f"{waiting} not started"] * bool(waiting)
     line = f"sweep: {len(jobs_) + waiting} job(s) under {sweep}: " + ", ".join(told)
@@ -154,7 +155,10 @@ def membership(run_dir: Path) -> Membership | None:
         marker = job / ".hydra" / "overrides.yaml"
         sweep = next((p for p in job.parents if is_sweep(p)), None) if marker.is_file() else None
         if sweep is not None:
-            swept = set(swept_keys(sweep))
+            try:
+                swept = set(swept_keys(sweep))
+            except Exception:  # a hand-edited or older multirun.yaml: the group without tags
+                swept = set()
             values = dict(o.lstrip("+").split("=", 1) for o in (yaml.safe_load(marker.read_text()) or []) if "=" in o)
             return Membership(sweep.name, {k: v for k, v in values.items() if k in swept})
     return None

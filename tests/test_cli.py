@@ -4,6 +4,7 @@ import gzip
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -226,3 +227,29 @@ def test_dashboard_dry_run_prints_a_valid_workspace_spec(capsys):
 
     ws = build_workspace("plasticity", "someone", spec)
     assert len(ws.sections) == len(spec["sections"]) and ws.sections[0].panels[0].groupby_rangefunc == "stderr"
+
+
+def _presets() -> list[str]:
+    from plasticity_lab.lab.config import config_dir
+
+    return sorted(p.stem for p in Path(config_dir(), "experiment").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("name", _presets())
+def test_every_preset_composes_names_itself_and_says_where_its_values_come_from(name, compose):
+    from plasticity_lab.lab.config import config_dir
+
+    if name == "tune_cbp":
+        pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    cfg = compose([f"experiment={name}"])
+    assert cfg.experiment == name  # runs, W&B groups and tables are named by it
+    text = Path(config_dir(), "experiment", f"{name}.yaml").read_text()
+    header = "\n".join(line for line in text.splitlines() if line.startswith("#"))
+    # each preset cites a paper (its year) and says which values are the lab's own choice, if any
+    assert re.search(r"\b20[0-2]\d\b", header) or "lab choice" in header, header
+
+
+def test_a_named_activation_variant_carries_its_value_and_a_sweep_gives_it_to_that_activation_only(compose):
+    cfg = compose(["experiment=split_mnist_elephant_reduced"])
+    assert cfg.activation.name == "elephant" and cfg.activation.a == 0.5
+    assert dict(compose(["experiment=split_mnist_elephant_reduced", "activation=relu"]).activation) == {"name": "relu"}

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from test_stops import lines, offline_env, records, summary, wait_for
+from test_stops import offline_env, records, summary, wait_for
 from wandb_records import config as wandb_config
 from wandb_records import run_record
 
@@ -23,11 +23,6 @@ LOCAL = "hydra/launcher=submitit_local"
 def lab(*args, cwd, env=None, timeout=600):
     return subprocess.run([sys.executable, "-m", "plasticity_lab.lab", *args], cwd=cwd, capture_output=True,
                           text=True, timeout=timeout, env=env)
-
-
-def start(*args, cwd) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "plasticity_lab.lab", *args], cwd=cwd, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
 
 
 def test_a_2x2_sweep_of_submitit_jobs_lands_in_one_wandb_group_and_compare_and_plot_read_it(tmp_path):
@@ -55,35 +50,64 @@ def test_a_2x2_sweep_of_submitit_jobs_lands_in_one_wandb_group_and_compare_and_p
     assert plots.returncode == 0 and list((tmp_path / "figures").glob("*.png")), plots.stderr
 
 
+GATE = '''
+import os, time
+from dataclasses import dataclass
+from pathlib import Path
+
+from plasticity_lab.agents.interventions import Intervention, interventions
+
+
+@interventions.register("gate")
+@dataclass
+class Gate(Intervention):
+    """Test-only: at the start of task 2 a run says so ($GATE_DIR/held.<pid>) and waits until
+    $GATE_DIR/open exists, so the test acts while the run is surely running; it changes no number."""
+
+    def on_task_start(self, agent, task):
+        gate = Path(os.environ["GATE_DIR"])
+        if task.id == 1 and not (gate / "open").exists():
+            (gate / f"held.{os.getpid()}").write_text("")
+            while not (gate / "open").exists():
+                time.sleep(0.01)
+
+    def reads_weights_between_steps(self):
+        return False
+'''
+
 # Four jobs at batch 1, run at once by submitit: one finishes, one is stopped by SIGTERM (not requeued: a
-# stopped run), one is preempted with submitit's own signal (USR2, as LocalJob._interrupt sends it) and
-# requeued, one diverges.
-PREEMPTED = [*QUIET, "agent.hidden=[16]", "stream.num_tasks=4", "stream.examples_per_task=600", "train.batch_size=1",
-             "train.log_every=50", "metrics.probe_every=0", "metrics.hessian_every=0", "interventions=[cbp]",
-             "interventions.cbp.replacement_rate=0.01", "interventions.cbp.maturity_threshold=50",
-             "interventions.cbp.accumulate=false"]
+# stopped run), one is preempted with submitit's own signal (USR2, as submitit's LocalJob._interrupt sends it)
+# and requeued, one diverges in its first task. The gate holds the jobs at the start of task 2 while the test
+# looks and signals.
+PREEMPTED = [*QUIET, "agent.hidden=[16]", "stream.num_tasks=3", "stream.examples_per_task=600", "train.batch_size=1",
+             "train.log_every=50", "metrics.probe_every=0", "metrics.hessian_every=0", "plugins=[gate]",
+             "interventions=[cbp,gate]", "interventions.cbp.replacement_rate=0.01",
+             "interventions.cbp.maturity_threshold=50", "interventions.cbp.accumulate=false"]
 
 
 def test_a_preempted_job_is_requeued_and_ends_as_uninterrupted_and_status_tells_every_job(tmp_path):
-    sweep = start("run", "--multirun", LOCAL, *PREEMPTED, "agent.optimizer.lr=0.01,0.02,0.03,1e30",
-                  "hydra.sweep.dir=sweep", cwd=tmp_path)
+    (tmp_path / "gate.py").write_text(GATE)
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    env = {**os.environ, "GATE_DIR": str(gate)}
+    sweep = subprocess.Popen([sys.executable, "-m", "plasticity_lab.lab", "run", "--multirun", LOCAL, *PREEMPTED,
+                              "agent.optimizer.lr=0.01,0.02,0.03,1e30", "hydra.sweep.dir=sweep"], cwd=tmp_path,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     root = tmp_path / "sweep"
     stopped, preempted = root / "agent.optimizer.lr=0.02", root / "agent.optimizer.lr=0.03"
 
-    def inside_task_2(job: Path) -> bool:  # the event: a training record of task 2 (of 4), not the end
-        return any(r["task"] >= 1 and "train/loss" in r for r in lines(job / "metrics.jsonl"))
+    def held(job: Path) -> int | None:
+        """The pid of the job's process once it waits at the gate (its .lock names it)."""
+        lock = job / ".lock"
+        pid = lock.read_text().strip() if lock.is_file() else ""
+        return int(pid) if pid and (gate / f"held.{pid}").exists() else None
 
-    signalled: dict[Path, signal.Signals] = {}
-    while len(signalled) < 2:
-        wait_for(lambda: any(inside_task_2(j) for j in (stopped, preempted) if j not in signalled), sweep,
-                 "the jobs reached task 2")
-        for job, sig in ((stopped, signal.SIGTERM), (preempted, signal.SIGUSR2)):
-            if job not in signalled and inside_task_2(job):
-                if sig == signal.SIGTERM:  # while it trains, status sees it running
-                    shown = lab("status", "sweep", cwd=tmp_path).stdout
-                    assert "agent.optimizer.lr=0.02: running" in shown, shown
-                os.kill(int((job / ".lock").read_text()), sig)  # the .lock holds the writing process's pid
-                signalled[job] = sig
+    wait_for(lambda: held(stopped) and held(preempted), sweep, "both jobs reached the gate")
+    shown = lab("status", "sweep", cwd=tmp_path).stdout
+    assert "agent.optimizer.lr=0.02: running" in shown, shown  # held at the gate: surely running
+    os.kill(held(stopped), signal.SIGTERM)
+    os.kill(held(preempted), signal.SIGUSR2)
+    (gate / "open").write_text("")
     out, err = sweep.communicate(timeout=600)
     assert sweep.returncode == 3, err  # the sweep's status: its first failure's (the divergence)
 
@@ -92,16 +116,17 @@ def test_a_preempted_job_is_requeued_and_ends_as_uninterrupted_and_status_tells_
     shown = dict(line.strip().split(": ", 1) for line in status.stdout.splitlines() if line.startswith("  "))
     assert shown["agent.optimizer.lr=0.01"] == "finished"
     assert shown["agent.optimizer.lr=0.03"] == "finished"
-    assert shown["agent.optimizer.lr=0.02"].startswith("stopped at task ")
-    assert shown["agent.optimizer.lr=1e+30"]  # Hydra writes the value as 1e+30.startswith("failed (exit 3): the training loss became nan")
+    assert shown["agent.optimizer.lr=0.02"] == "stopped at task 2/3 (inside it)"
+    # Hydra writes the value 1e30 as 1e+30
+    assert shown["agent.optimizer.lr=1e+30"].startswith("failed (exit 3): the training loss became nan")
     assert "4 job(s) under sweep: 2 finished, 1 failed, 1 stopped (lab resume sweep" in status.stdout
 
     # the preempted job: checkpointed where it was, handed the signal to submitit, was requeued and resumed
     (log,) = [p for p in (root / ".submitit").glob("*/*_0_log.err") if "SIGUSR2" in p.read_text()]
     text = log.read_text()
-    assert "lab: stopped (SIGUSR2) at task" in text and "SIGUSR2 handed on to the launcher" in text
-    assert "resuming" in text and "(inside it)" in text
-    whole = lab("run", *PREEMPTED, "agent.optimizer.lr=0.03", "out_dir=whole", cwd=tmp_path)
+    assert "lab: stopped (SIGUSR2) at task 2/3" in text and "SIGUSR2 handed on to the launcher" in text
+    assert "resuming" in text and "at task 2/3 (inside it)" in text
+    whole = lab("run", *PREEMPTED, "agent.optimizer.lr=0.03", "out_dir=whole", cwd=tmp_path, env=env)
     assert whole.returncode == 0, whole.stderr
     # the same arithmetic in the same order on one thread each (train.threads=auto at batch 1): exactly equal
     assert summary(preempted) == summary(tmp_path / "whole")
@@ -148,3 +173,16 @@ def test_an_optuna_study_of_four_trials_returns_each_job_s_objective(tmp_path):
     status = lab("status", "study", cwd=tmp_path)
     assert "4 job(s) under study: 4 finished, 0 failed" in status.stdout
     assert f"best trial: {best['best_value']} with interventions.cbp." in status.stdout
+    # the study lived in its process: a relaunch would sample new trials, so a resume is refused in one line
+    again = lab("resume", "study", cwd=tmp_path)
+    assert again.returncode == 2 and again.stderr.count("\n") == 1 and "resume its trials one by one" in again.stderr
+
+
+def test_a_sweep_of_numbered_jobs_resumes(tmp_path):
+    """Nothing swept: the job folder is the job number (``${hydra.job.num}`` in the saved overrides)."""
+    done = lab("run", "--multirun", *QUIET, "agent.hidden=[8]", "stream.num_tasks=1", "stream.examples_per_task=64",
+               "hydra.sweep.dir=one", cwd=tmp_path)
+    assert done.returncode == 0 and (tmp_path / "one" / "0" / "finished.json").is_file(), done.stderr
+    resumed = lab("resume", "one", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "finished; left as it is" in resumed.stdout and "1 job(s) under one: 1 finished" in resumed.stdout

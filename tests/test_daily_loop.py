@@ -92,6 +92,21 @@ def test_eta_comes_from_recent_tasks_not_from_the_start():
     assert p.eta(4) == pytest.approx(5 * 100 * 1.0 / 100)
 
 
+def test_line_progress_speaks_every_twentieth_task_and_at_least_each_minute(capsys):
+    from plasticity_lab.lab.progress import LINE_EVERY_S
+
+    p = Progress(100, 60_000, mode="lines")
+    p.task_done(0, 0.8, 1200.0)
+    p.task_done(1, 0.8, 1200.0)
+    assert capsys.readouterr().err == ""  # tasks 1 and 2 of 100: not yet a twentieth, and well within the minute
+    p.last_line -= LINE_EVERY_S  # as if a minute had passed since the last line (no waiting on the clock)
+    p.task_done(2, 0.81, 1200.0)
+    assert capsys.readouterr().err.startswith("task 3/100  online acc 0.810  1200 ex/s")
+    p.task_done(3, 0.8, 1200.0)
+    p.task_done(4, 0.8, 1200.0)
+    assert capsys.readouterr().err.startswith("task 5/100")  # every 5th of 100 tasks
+
+
 def test_paper_scale_preset_refuses_the_embedded_subset(tmp_path):
     p = lab("run", *QUIET, "experiment=permuted_mnist_lop_paper", cwd=tmp_path)
     assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1, p.stderr
