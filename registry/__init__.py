@@ -204,13 +204,18 @@ def load_plugins(modules: Iterable[str] = ()) -> list[str]:
     ``modules`` are module names on ``sys.path`` or paths to ``.py`` files
     (``plugins=[my_acts]`` finds ``./my_acts.py``). Installed packages expose
     plug-ins under the ``plasticity_lab.plugins`` entry-point group. Importing
-    a module runs its ``@registry.register`` decorators.
+    a module runs its ``@registry.register`` decorators; a file already
+    imported in this process is not run again.
     """
     loaded = []
     for mod in modules:
         path = Path(mod if mod.endswith(".py") else f"{mod}.py")
         if path.is_file():
             name = path.stem
+            known = getattr(sys.modules.get(name), "__file__", None)
+            if known and Path(known).resolve() == path.resolve():  # imported once per process, as `import` does
+                loaded.append(mod)
+                continue
             spec = importlib.util.spec_from_file_location(name, path)
             module = importlib.util.module_from_spec(spec)
             sys.modules[name] = module
