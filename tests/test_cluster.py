@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from plasticity_lab.lab.cli import main
 from test_stops import offline_env, records, summary, wait_for
 from wandb_records import config as wandb_config
 from wandb_records import run_record
@@ -25,7 +26,7 @@ def lab(*args, cwd, env=None, timeout=600):
                           text=True, timeout=timeout, env=env)
 
 
-def test_a_2x2_sweep_of_submitit_jobs_lands_in_one_wandb_group_and_compare_and_plot_read_it(tmp_path):
+def test_a_2x2_sweep_of_submitit_jobs_lands_in_one_wandb_group_and_compare_and_plot_read_it(tmp_path, capsys):
     done = lab("run", "--multirun", LOCAL, "activation=relu,tanh", "seed=0,1", "progress=off", "agent.hidden=[16]",
                "stream.num_tasks=2", "stream.examples_per_task=256", "hydra.sweep.dir=grid", cwd=tmp_path,
                env=offline_env(tmp_path))
@@ -41,13 +42,13 @@ def test_a_2x2_sweep_of_submitit_jobs_lands_in_one_wandb_group_and_compare_and_p
             run = run_record(job)
             assert run.run_group == "grid" and sorted(run.tags) == [f"activation={activation}", f"seed={seed}"]
             assert wandb_config(job)["activation"]["name"] == activation
-    table = lab("compare", "grid", cwd=tmp_path)
-    assert table.returncode == 0, table.stderr
-    rows = [line for line in table.stdout.splitlines() if line.startswith("| activation=")]
+    capsys.readouterr()
+    assert main(["compare", str(grid)]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| activation=")]
     assert [r.split(" | ")[:3] for r in rows] == [["| activation=relu", "2", "finished"],
                                                  ["| activation=tanh", "2", "finished"]]
-    plots = lab("plot", "grid", "--out", "figures", cwd=tmp_path)
-    assert plots.returncode == 0 and list((tmp_path / "figures").glob("*.png")), plots.stderr
+    assert main(["plot", str(grid), "--out", str(tmp_path / "figures")]) == 0
+    assert list((tmp_path / "figures").glob("*.png"))
 
 
 GATE = '''
@@ -75,9 +76,9 @@ class Gate(Intervention):
         return False
 '''
 
-# Four jobs at batch 1, run at once by submitit: one finishes, one is stopped by SIGTERM (not requeued: a
-# stopped run), one is preempted with submitit's own signal (USR2, as submitit's LocalJob._interrupt sends it)
-# and requeued, one diverges in its first task. The gate holds the jobs at the start of task 2 while the test
+# Three jobs at batch 1, run at once by submitit: one is stopped by SIGTERM (not requeued: a stopped run), one
+# is preempted with submitit's own signal (USR2, as submitit's LocalJob._interrupt sends it), requeued and
+# finishes, one diverges in its first task. The gate holds the jobs at the start of task 2 while the test
 # looks and signals.
 PREEMPTED = [*QUIET, "agent.hidden=[16]", "stream.num_tasks=3", "stream.examples_per_task=600", "train.batch_size=1",
              "train.log_every=50", "metrics.probe_every=0", "metrics.hessian_every=0", "plugins=[gate]",
@@ -85,14 +86,35 @@ PREEMPTED = [*QUIET, "agent.hidden=[16]", "stream.num_tasks=3", "stream.examples
              "interventions.cbp.maturity_threshold=50", "interventions.cbp.accumulate=false"]
 
 
-def test_a_preempted_job_is_requeued_and_ends_as_uninterrupted_and_status_tells_every_job(tmp_path):
-    (tmp_path / "gate.py").write_text(GATE)
+@pytest.fixture
+def gate_plugin():
+    """The gate plug-in, forgotten by this process after the test (its reference run imports it here)."""
+    yield GATE
+    from plasticity_lab.agents.interventions import interventions
+
+    if "gate" in interventions.names():
+        interventions.unregister("gate")
+    sys.modules.pop("gate", None)
+
+
+def status_lines(sweep: Path, capsys) -> dict[str, str]:
+    """``lab status SWEEP`` (in this process): each job's line, by its folder."""
+    capsys.readouterr()
+    assert main(["status", str(sweep)]) == 0
+    out = capsys.readouterr().out
+    return {**dict(line.strip().split(": ", 1) for line in out.splitlines() if line.startswith("  ")), "": out}
+
+
+def test_a_preempted_job_is_requeued_and_ends_as_uninterrupted_and_status_tells_every_job(tmp_path, capsys,
+                                                                                          monkeypatch, gate_plugin):
+    (tmp_path / "gate.py").write_text(gate_plugin)
     gate = tmp_path / "gate"
     gate.mkdir()
-    env = {**os.environ, "GATE_DIR": str(gate)}
+    monkeypatch.setenv("GATE_DIR", str(gate))
+    monkeypatch.chdir(tmp_path)
     sweep = subprocess.Popen([sys.executable, "-m", "plasticity_lab.lab", "run", "--multirun", LOCAL, *PREEMPTED,
-                              "agent.optimizer.lr=0.01,0.02,0.03,1e30", "hydra.sweep.dir=sweep"], cwd=tmp_path,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                              "agent.optimizer.lr=0.02,0.03,1e30", "hydra.sweep.dir=sweep"], cwd=tmp_path,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     root = tmp_path / "sweep"
     stopped, preempted = root / "agent.optimizer.lr=0.02", root / "agent.optimizer.lr=0.03"
 
@@ -103,31 +125,27 @@ def test_a_preempted_job_is_requeued_and_ends_as_uninterrupted_and_status_tells_
         return int(pid) if pid and (gate / f"held.{pid}").exists() else None
 
     wait_for(lambda: held(stopped) and held(preempted), sweep, "both jobs reached the gate")
-    shown = lab("status", "sweep", cwd=tmp_path).stdout
-    assert "agent.optimizer.lr=0.02: running" in shown, shown  # held at the gate: surely running
+    shown = status_lines(root, capsys)
+    assert shown["agent.optimizer.lr=0.02"].startswith("running"), shown[""]  # held at the gate: surely running
     os.kill(held(stopped), signal.SIGTERM)
     os.kill(held(preempted), signal.SIGUSR2)
     (gate / "open").write_text("")
     out, err = sweep.communicate(timeout=600)
     assert sweep.returncode == 3, err  # the sweep's status: its first failure's (the divergence)
 
-    status = lab("status", "sweep", cwd=tmp_path)
-    assert status.returncode == 0, status.stderr
-    shown = dict(line.strip().split(": ", 1) for line in status.stdout.splitlines() if line.startswith("  "))
-    assert shown["agent.optimizer.lr=0.01"] == "finished"
+    shown = status_lines(root, capsys)
     assert shown["agent.optimizer.lr=0.03"] == "finished"
     assert shown["agent.optimizer.lr=0.02"] == "stopped at task 2/3 (inside it)"
     # Hydra writes the value 1e30 as 1e+30
     assert shown["agent.optimizer.lr=1e+30"].startswith("failed (exit 3): the training loss became nan")
-    assert "4 job(s) under sweep: 2 finished, 1 failed, 1 stopped (lab resume sweep" in status.stdout
+    assert f"3 job(s) under {root}: 1 finished, 1 failed, 1 stopped (lab resume {root}" in shown[""]
 
     # the preempted job: checkpointed where it was, handed the signal to submitit, was requeued and resumed
     (log,) = [p for p in (root / ".submitit").glob("*/*_0_log.err") if "SIGUSR2" in p.read_text()]
     text = log.read_text()
     assert "lab: stopped (SIGUSR2) at task 2/3" in text and "SIGUSR2 handed on to the launcher" in text
     assert "resuming" in text and "at task 2/3 (inside it)" in text
-    whole = lab("run", *PREEMPTED, "agent.optimizer.lr=0.03", "out_dir=whole", cwd=tmp_path, env=env)
-    assert whole.returncode == 0, whole.stderr
+    assert main(["run", *PREEMPTED, "agent.optimizer.lr=0.03", "out_dir=whole"]) == 0  # uninterrupted, the gate open
     # the same arithmetic in the same order on one thread each (train.threads=auto at batch 1): exactly equal
     assert summary(preempted) == summary(tmp_path / "whole")
     assert records(preempted / "metrics.jsonl") == records(tmp_path / "whole" / "metrics.jsonl")
@@ -178,11 +196,13 @@ def test_an_optuna_study_of_four_trials_returns_each_job_s_objective(tmp_path):
     assert again.returncode == 2 and again.stderr.count("\n") == 1 and "resume its trials one by one" in again.stderr
 
 
-def test_a_sweep_of_numbered_jobs_resumes(tmp_path):
+def test_a_sweep_of_numbered_jobs_resumes(tmp_path, capsys, monkeypatch):
     """Nothing swept: the job folder is the job number (``${hydra.job.num}`` in the saved overrides)."""
-    done = lab("run", "--multirun", *QUIET, "agent.hidden=[8]", "stream.num_tasks=1", "stream.examples_per_task=64",
-               "hydra.sweep.dir=one", cwd=tmp_path)
-    assert done.returncode == 0 and (tmp_path / "one" / "0" / "finished.json").is_file(), done.stderr
-    resumed = lab("resume", "one", cwd=tmp_path)
-    assert resumed.returncode == 0, resumed.stderr
-    assert "finished; left as it is" in resumed.stdout and "1 job(s) under one: 1 finished" in resumed.stdout
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", "--multirun", *QUIET, "agent.hidden=[8]", "stream.num_tasks=1", "stream.examples_per_task=64",
+                 "hydra.sweep.dir=one"]) == 0
+    assert (tmp_path / "one" / "0" / "finished.json").is_file()
+    capsys.readouterr()
+    assert main(["resume", "one"]) == 0
+    out = capsys.readouterr().out
+    assert "finished; left as it is" in out and "1 job(s) under one: 1 finished" in out

@@ -106,7 +106,8 @@ def uninterrupted(tmp_path_factory):
     return cwd / "whole"
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGUSR1])
+# SIGINT sets the same flag (test_a_second_ctrl_c_stops_at_once); SIGUSR2 goes through submitit in test_cluster.py
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1])
 def test_a_signal_mid_task_checkpoints_there_and_the_resume_ends_as_uninterrupted(sig, uninterrupted, tmp_path):
     victim = subprocess.Popen([sys.executable, "-m", "plasticity_lab.lab", "run", *SINGLE, "out_dir=cut"], cwd=tmp_path,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
