@@ -197,11 +197,9 @@ def _run(overrides: list[str], source: Any, print_only: bool = False) -> int:
 
 def _sbatch(overrides: list[str], source: Any) -> int:
     """The sbatch script of the sweep ``overrides`` describe (nothing is submitted)."""
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
     from plasticity_lab.lab.cluster import sbatch_script
     from plasticity_lab.lab.config import compose_hydra
+    from plasticity_lab.lab.sweep import grid_size
 
     if not any(o.startswith("hydra.sweep.dir=") for o in overrides):
         overrides = [*overrides, f"hydra.sweep.dir=runs/multirun/{datetime.now().strftime('%Y%m%d-%H%M%S')}"]
@@ -211,7 +209,7 @@ def _sbatch(overrides: list[str], source: Any) -> int:
         print(f"lab: a tuning sweeper submits {hydra.sweeper.n_trials} trials as arrays of hydra.sweeper.n_jobs={jobs}",
               file=sys.stderr)
     else:
-        jobs = sum(len(batch) for batch in BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(overrides), None))
+        jobs = grid_size(overrides)
     print(sbatch_script(hydra.launcher, jobs), end="")
     return 0
 

@@ -110,19 +110,24 @@ def record_launch(sweep: Path, hydra: DictConfig, launch: list[str]) -> None:
     OmegaConf.save(OmegaConf.create({"hydra": hydra}), sweep / SWEEP_FILE)
 
 
+def grid_size(overrides: list[str]) -> int:
+    """How many jobs Hydra's basic sweeper makes of ``overrides`` (the product of the swept values' counts)."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    return sum(len(batch) for batch in BasicSweeper.split_arguments(parsed, None))
+
+
 def expected_jobs(sweep: Path) -> int | None:
     """How many jobs the sweep launches: the product of its swept values'
     counts (Hydra's basic sweeper), or the number of trials a tuning sweeper
     was asked for; None if the file does not say."""
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
     try:
         hydra = _launch(sweep)
         if "n_trials" in hydra.sweeper:
             return int(hydra.sweeper.n_trials)
-        parsed = OverridesParser.create().parse_overrides(list(hydra.overrides.task))
-        return sum(len(batch) for batch in BasicSweeper.split_arguments(parsed, None))
+        return grid_size(list(hydra.overrides.task))
     except Exception:  # an older or hand-edited multirun.yaml: the folders alone tell
         return None
 
