@@ -76,6 +76,12 @@ class RunHooks:
         fused path then cannot run)."""
         return None
 
+    def drops_optimizer_state(self) -> bool:
+        """Whether a hook drops a whole tensor's optimizer state (a layer reset):
+        vectorised seeds then clear that seed's slice of a stacked state, which
+        equals dropping it only for some optimizers (agents/vmapped.py)."""
+        return False
+
     def needs_weight_abs_sums(self) -> bool:
         """Whether ``after_step`` reads each step's |W| row and column sums
         (``StepInfo.weight_abs_sums``: the fused step computes them in its update pass)."""
@@ -105,6 +111,7 @@ class HookPlan:
     """Names of penalty owners that are not weight decay (the fused path cannot take them)."""
     needs_weight_abs_sums: bool = False
     reads_weights_between_steps: bool = False
+    drops_optimizer_state: bool = False
 
     @property
     def per_step(self) -> bool:
@@ -129,4 +136,5 @@ def plan_hooks(objects: Iterable[RunHooks]) -> HookPlan:
         other_penalties=tuple(type(obj).__name__ for obj, d in zip(penalised, decays) if d is None),
         needs_weight_abs_sums=any(obj.needs_weight_abs_sums() for obj in objects),
         reads_weights_between_steps=any(obj.reads_weights_between_steps() for obj in objects),
+        drops_optimizer_state=any(obj.drops_optimizer_state() for obj in objects),
     )

@@ -32,6 +32,7 @@ def banner(cfg: DictConfig, out: Path, stream: Any, parameters: int, device: Any
         f"  network   {network_text(cfg, stream, parameters)}",
         f"  methods   interventions: {interventions}",
         f"  compute   {device}, {threads.threads} thread(s) [{threads.reason}], "
-        f"{'fused SGD step' if fused else 'autograd'}{f', {runs} runs in lock-step' if runs > 1 else ''}",
+        f"{'fused SGD step' if fused else 'autograd'}"
+        f"{(f', {runs} runs in lock-step' + ('' if fused else ' (torch.func.vmap)')) if runs > 1 else ''}",
         f"  stop      Ctrl-C or SIGTERM checkpoints; resume with: lab resume {out}",
     ])

@@ -23,7 +23,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from plasticity_lab.agents.fused import FusedAgent, fused_reason
+from plasticity_lab.agents.fused import FusedAgent
+from plasticity_lab.agents.vmapped import vmap_reason
 from plasticity_lab.lab import checkpoint
 from plasticity_lab.lab.build import say_once
 from plasticity_lab.lab.banner import banner
@@ -186,12 +187,14 @@ def _build(cfg: DictConfig, seeds: list[int] | None) -> tuple[list[BuiltRun], li
         sizes = {b.stream.train_size(k) for b in built}
         if len(sizes) > 1:
             raise ConfigError("seeds", seeds, f"streams whose tasks have the same size for every seed (task {k + 1} "
-                              f"has {sorted(sizes)} examples); run the seeds as a sweep: lab run --multirun seed="
+                              f"has {sorted(sizes)} examples; on the embedded subset data.split=stratified makes "
+                              "every class as large); or run the seeds as a sweep: lab run --multirun seed="
                               + ",".join(map(str, seeds)))
     if not all(isinstance(b.agent, FusedAgent) for b in built):
-        why = fused_reason(built[0].agent, built[0].hooks) or "train.fast=false"
-        raise ConfigError("seeds", seeds, f"a run the fused path supports (this one has {why}); "
-                          "run the seeds as a sweep instead: lab run --multirun seed=" + ",".join(map(str, seeds)))
+        why = vmap_reason(built[0].agent, built[0].hooks.drops_optimizer_state or bool(cfg.train.new_head))
+        if why is not None:
+            raise ConfigError("seeds", seeds, f"a run vectorised seeds support (this one has {why}); run the seeds "
+                              "as a sweep instead: lab run --multirun seed=" + ",".join(map(str, seeds)))
     return built, states
 
 

@@ -27,6 +27,7 @@ from plasticity_lab.agents import Agent, StepInfo
 from plasticity_lab.agents.agent import WholeTaskAgent
 from plasticity_lab.agents.fused import FusedAgent
 from plasticity_lab.agents.stacked import StackedStep
+from plasticity_lab.agents.vmapped import VmapStep
 from plasticity_lab.agents.cuda_graph import graphed
 from plasticity_lab.lab.group import RunGroup, open_group
 from plasticity_lab.lab.progress import Progress
@@ -73,16 +74,18 @@ class StackStep:
         self.stack.flush()
 
 
-def group_step(ctxs: list[RunContext]) -> AgentStep | StackStep:
+def group_step(ctxs: list[RunContext]) -> AgentStep | StackStep | VmapStep:
     """The step of a group: the stacked fused step for fused agents (one or
-    many), the agent's own ``observe`` for a single autograd run."""
+    many; faster where it applies), seeds stacked under ``torch.func.vmap``
+    for any other group of several, the agent's own ``observe`` for a single
+    autograd run."""
     agents = [c.agent for c in ctxs]
     if all(isinstance(a, FusedAgent) for a in agents):
         if len(agents) == 1:
             return StackStep(agents[0].stepper())
         return StackStep(graphed(StackedStep(agents), agents[0].cuda_graphs))
     if len(agents) > 1:
-        raise ConfigError("seeds", [c.cfg.seed for c in ctxs], "runs on the fused path (agents/fused.py)")
+        return VmapStep(agents)
     return AgentStep(agents[0])
 
 

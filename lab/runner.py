@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from plasticity_lab.agents import Agent
 from plasticity_lab.agents.fused import FusedAgent
+from plasticity_lab.agents.vmapped import SeedOptimizer
 from plasticity_lab.agents.hooks import HookPlan, Record, plan_hooks
 from plasticity_lab.agents.interventions import Intervention
 from plasticity_lab.agents.interventions.resets import Reset
@@ -174,6 +175,15 @@ def run_state(ctx: RunContext) -> dict[str, Any]:
         "results": ctx.results.to_dict(), "step": ctx.step, "jsonl": ctx.jsonl.position(),
         "wandb_id": ctx.wandb.run_id if ctx.wandb else None,
     }
+
+
+def step_path(agent: Agent) -> str:
+    """How the run's updates were computed: ``fused`` (the hand-fused SGD step,
+    agents/fused.py, one seed or stacked), ``vmap`` (seeds stacked under
+    torch.func, agents/vmapped.py) or ``autograd`` (one agent's own step)."""
+    if isinstance(agent, FusedAgent):
+        return "fused"
+    return "vmap" if isinstance(agent.optimizer, SeedOptimizer) else "autograd"
 
 
 def finish_run(ctx: RunContext, resumes: list[dict[str, Any]], provenance: dict[str, Any]) -> dict[str, Any]:
@@ -334,6 +344,7 @@ def _summary(cfg: DictConfig, stream: Stream, results: Results, wall: float, wan
         "examples": results.examples,
         "wandb_sync": wandb_sink.sync_hint() if wandb_sink else None,
         "fused_path": isinstance(agent, FusedAgent),
+        "step_path": step_path(agent),
         "deferred_updates": agent.deferred_updates if isinstance(agent, FusedAgent) else 0,
     }
 

@@ -1,7 +1,9 @@
 """Vectorised multi-seed runs: ``lab run seeds=[0,1,2,3,4,5,6,7]``.
 
-The seeds train in one process, in lock-step, with their weights stacked
-(agents/stacked.py): one batched fused step per batch for all of them, driven
+The seeds train in one process, in lock-step, with their weights stacked:
+one batched fused SGD step per batch for an MLP the fused path takes
+(agents/stacked.py), else one torch.func.vmap step with one elementwise
+optimizer over the stacked tensors (agents/vmapped.py); driven
 by the same loop as a single run (lab/loop.py) and opened and checkpointed
 as one group (lab/group.py). Each seed is otherwise its
 own run — its own stream (permutations from its seed), data order,
@@ -13,9 +15,9 @@ product of N seeds may sum in another order than the product of one).
 Each seed's random numbers come from its own generator state: the global
 generators are swapped to a seed's state around everything that runs for that
 seed (hooks, augmentation, its task boundary), so one seed's continual-backprop
-draws never shift another's. Available where the fused path is
-(agents/fused.py: an MLP, plain SGD, ...); otherwise run the seeds as a sweep
-(``--multirun seed=0,1,2``).
+draws never shift another's. Not available (run the seeds as a sweep,
+``--multirun seed=0,1,2``) for a non-elementwise optimizer, the Avalanche
+bridge's agents, or streams whose task sizes differ between seeds.
 """
 from __future__ import annotations
 

@@ -39,7 +39,7 @@ QUIET = ["wandb.enabled=false", "progress=off"]
     (["seeds=[]"], ["seeds=[]", "non-empty"]),
     (["seed=1", "seed=2"], ["seed", "given twice"]),
     (["=5"], ["override='=5'", "key=value"]),
-    (["seeds=[0,1]", "agent.optimizer.name=adam"], ["seeds=[0, 1]", "Adam", "--multirun seed=0,1"]),
+    (["seeds=[0,1]", "agent.optimizer.name=lbfgs"], ["seeds=[0, 1]", "LBFGS", "elementwise", "--multirun seed=0,1"]),
     (["out_dir=/proc/version/run"], ["out_dir", "/proc/version/run"]),  # under a file
     (["out_dir=/sys/lab-run"], ["out_dir", "/sys/lab-run", "create and write"]),  # under a folder no one may write
 ])

@@ -139,7 +139,7 @@ def test_cli_runs_seeds_into_their_own_directories_and_wandb_runs(tmp_path, monk
 def test_unsupported_runs_say_what_to_do_instead(compose, tmp_path):
     from plasticity_lab.lab.loop import run
 
-    with pytest.raises(ConfigError, match="seeds.*Adam.*--multirun seed=0,1"):
-        run(compose([*BASE, "agent.optimizer.name=adam", "seeds=[0,1]"]), tmp_path / "a")
+    with pytest.raises(ConfigError, match="seeds.*UPGD.*--multirun seed=0,1"):
+        run(compose([*BASE, "agent.optimizer.name=upgd", "seeds=[0,1]"]), tmp_path / "a")
     with pytest.raises(ConfigError, match="distinct integer seeds"):
         run(compose([*BASE, "seeds=[1,1]"]), tmp_path / "b")

@@ -7,7 +7,8 @@ moments (agents/hooks.py: ``on_run_start``, ``on_task_start``,
 them, returns records (``{"name/with/slashes": value}``) for the sinks, and
 declares what it asks of the fused SGD path by overriding
 ``as_weight_decay`` (a penalty that is SGD weight decay), ``needs_weight_abs_sums``
-(reads each step's |W| row/column sums) or ``reads_weights_between_steps``.
+(reads each step's |W| row/column sums) or ``reads_weights_between_steps``, and
+of vectorised seeds by ``drops_optimizer_state`` (drops a whole tensor's state).
 Interventions are plain objects over (model, optimizer, features), so your
 own training loop can call them too::
 

@@ -45,6 +45,10 @@ class Reset(Intervention):
         """At task starts (``every=task``) or after steps (``every=N``)."""
         return frozenset({"on_task_start"} if self.every == "task" else {"after_step"})
 
+    def drops_optimizer_state(self) -> bool:
+        """A reset tensor's optimizer state is dropped (momentum, moments and step)."""
+        return True
+
     def which(self, n_layers: int) -> range:
         k = {"head": 1, "all": n_layers}.get(self.layers) or min(int(self.layers), n_layers)
         return range(n_layers - k, n_layers)
