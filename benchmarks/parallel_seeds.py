@@ -1,11 +1,22 @@
 """Vectorised seeds vs the same seeds run one after another, through the real
-runner (``lab run seeds=[...]`` vs ``lab run seed=s`` for each s): online
-permuted MNIST, 784-100-100-10 ReLU, SGD lr 0.1, W&B and metrics off so the
-figures are the training path's. Then peak memory of a vectorised run after
-10 tasks and after 1,000 (tiny tasks, checkpoints and evaluation on), each in
-its own process. Last line: JSON.
+runner (``lab run seeds=[...]`` vs ``lab run seed=s`` for each s), W&B and
+metrics off so the figures are the training path's:
 
-    python benchmarks/parallel_seeds.py [--seeds 8] [--tasks 2] [--examples 2000] [--batch 1 16] [--memory-tasks 10 1000]
+- ``fused``: online permuted MNIST, 784-100-100-10 ReLU, SGD lr 0.1 (the
+  hand-fused stacked step, agents/stacked.py), batch 1 and 16;
+- ``hard_ash``: split MNIST, 784-1000-10 Hard ASH, Adagrad, batch 16
+  (experiment=split_mnist_hard_ash_reduced; the torch.func path, agents/vmapped.py);
+- ``conv_net``: continual ImageNet's conv net, momentum SGD, batch 100, on
+  random 32x32 images in the downsampled-ImageNet file format (the content does
+  not change the arithmetic's cost), torch.func path.
+
+Then peak memory: of a fused vectorised run after 10 tasks and after 1,000
+(tiny tasks, checkpoints and evaluation on), and of the torch.func path for
+1, 2, 4 and 8 seeds and after 5 vs 100 tasks, each in its own process (peak
+RSS on the CPU; ``--device cuda``: peak CUDA memory allocated). Last line: JSON.
+
+    python benchmarks/parallel_seeds.py [--seeds 8] [--setups fused hard_ash conv_net] [--device cpu]
+        [--tasks 2] [--examples 2000] [--batch 1 16] [--memory-tasks 10 1000] [--skip-memory]
 """
 from __future__ import annotations
 
@@ -30,21 +41,49 @@ def timed(fn) -> float:
     return time.perf_counter() - t0
 
 
-def throughput(seeds: list[int], tasks: int, examples: int, batch: int, out: Path) -> dict:
+def imagenet_like(root: Path, classes: int = 10, per_class: int = 300) -> Path:
+    """Random uint8 images in the downsampled-ImageNet release's format, converted by ``lab data imagenet32``'s code."""
+    import pickle
+
+    import numpy as np
+
+    from plasticity_lab.streams.imagenet32 import convert
+
+    rng = np.random.default_rng(0)
+    src = root / "src"
+    src.mkdir(parents=True, exist_ok=True)
+    labels = np.tile(np.arange(1, classes + 1), per_class // 10)
+    for i in range(1, 11):  # the release's ten training files
+        data = rng.integers(0, 256, size=(len(labels), 3072), dtype=np.uint8)
+        (src / f"train_data_batch_{i}").write_bytes(pickle.dumps({"data": data, "labels": labels.tolist()}))
+    np.savez(src / "val_data.npz", data=data[: 2 * classes], labels=labels[: 2 * classes])
+    convert(src, root / "imagenet", num_classes=classes, progress=lambda _: None)
+    return root / "imagenet"
+
+
+SETUPS = {
+    "hard_ash": ["experiment=split_mnist_hard_ash_reduced", "stream.num_tasks=5"],
+    "conv_net": ["experiment=continual_imagenet", "stream.num_tasks=2", "stream.train_per_class=250",
+                 "stream.test_per_class=50", "train.epochs=2"],
+}
+"""The torch.func rows: each a preset at its own batch size and optimizer, shortened."""
+
+
+def throughput(seeds: list[int], base: list[str], out: Path) -> dict:
+    """Vectorised vs sequential seeds of the run ``base`` describes."""
     from plasticity_lab.lab.config import compose_config
     from plasticity_lab.lab.loop import run
 
-    base = [*COMMON, f"stream.num_tasks={tasks}", f"stream.examples_per_task={examples}", f"train.batch_size={batch}"]
     vec_runs: list = []
     seq_runs: list = []
-    vec = timed(lambda: vec_runs.extend(run(compose_config([*base, f"seeds={seeds}".replace(" ", "")]), out / f"vec{batch}")))
-    seq = timed(lambda: seq_runs.extend(run(compose_config([*base, f"seed={s}"]), out / f"seq{batch}_{s}")[0] for s in seeds))
-    n = len(seeds) * tasks * examples
+    vec = timed(lambda: vec_runs.extend(run(compose_config([*base, f"seeds={seeds}".replace(" ", "")]), out / "vec")))
+    seq = timed(lambda: seq_runs.extend(run(compose_config([*base, f"seed={s}"]), out / f"seq_{s}")[0] for s in seeds))
+    n = sum(r["examples"] for r in vec_runs)
     # training loop only (summary examples_per_s = examples / time in the training loop): vectorised seeds share that time
     vec_train = n / (vec_runs[0]["examples"] / vec_runs[0]["examples_per_s"])
-    seq_train = n / sum(r["examples"] / r["examples_per_s"] for r in seq_runs)
-    return {"batch": batch, "vectorised_s": round(vec, 2), "sequential_s": round(seq, 2), "wall_speedup": round(seq / vec, 2),
-            "train_ex_per_s": {"vectorised": round(vec_train), "sequential": round(seq_train)},
+    seq_train = sum(r["examples"] for r in seq_runs) / sum(r["examples"] / r["examples_per_s"] for r in seq_runs)
+    return {"path": vec_runs[0]["step_path"], "vectorised_s": round(vec, 2), "sequential_s": round(seq, 2),
+            "wall_speedup": round(seq / vec, 2), "train_ex_per_s": {"vectorised": round(vec_train), "sequential": round(seq_train)},
             "train_speedup": round(vec_train / seq_train, 2)}
 
 
@@ -60,6 +99,22 @@ def peak_memory_mb(seeds: list[int], tasks: int, out: Path) -> float:
     return int(done.stdout.split("MAXRSS")[-1]) / 1024
 
 
+def vmap_peak_memory_mb(seeds: list[int], tasks: int, out: Path, device: str) -> float:
+    """Peak memory of a fresh process training the Hard ASH setup's net (torch.func path, Adam so that
+    every parameter has two state tensors) on ``tasks`` tiny permuted-MNIST tasks: RSS on the CPU,
+    CUDA memory allocated on a GPU."""
+    overrides = ["wandb.enabled=false", "progress=off", "agent.hidden=[1000]", "activation=hard_ash",
+                 "agent.optimizer.name=adam", "agent.optimizer.lr=1e-4", f"stream.num_tasks={tasks}",
+                 "stream.examples_per_task=64", "train.batch_size=16", "train.eval_every=50", "train.eval_window=5",
+                 "metrics.task_every=50", "metrics.probe_every=0", "metrics.hessian_every=0", f"device={device}",
+                 f"seeds={seeds}".replace(" ", ""), f"out_dir={out / f'vmem{len(seeds)}_{tasks}'}"]
+    code = ("import resource, sys, torch; from plasticity_lab.lab.cli import main; code = main(['run', *sys.argv[1:]]); "
+            "print('PEAK', torch.cuda.max_memory_allocated() / 1024 if torch.cuda.is_available() "
+            "else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
+    done = subprocess.run([sys.executable, "-c", code, *overrides], cwd=ROOT, capture_output=True, text=True, check=True)
+    return float(done.stdout.split("PEAK")[-1]) / 1024
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=8)
@@ -67,20 +122,39 @@ def main() -> None:
     parser.add_argument("--examples", type=int, default=2000)
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 16])
     parser.add_argument("--memory-tasks", type=int, nargs=2, default=[10, 1000])
-    parser.add_argument("--skip-memory", action="store_true", help="throughput only (the memory check takes ~3 min)")
+    parser.add_argument("--skip-memory", action="store_true", help="throughput only (the memory checks take ~5 min)")
+    parser.add_argument("--setups", nargs="+", default=["fused", *SETUPS], choices=["fused", *SETUPS])
+    parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
     seeds = list(range(args.seeds))
-    result: dict = {"seeds": args.seeds, "threads": torch.get_num_threads(), "throughput": []}
+    result: dict = {"seeds": args.seeds, "threads": torch.get_num_threads(), "device": args.device, "throughput": []}
     with tempfile.TemporaryDirectory() as tmp:
-        throughput(seeds[:2], 1, 32, 16, Path(tmp) / "warmup")  # one-off imports and first-call costs, untimed
-        for b in args.batch:
-            r = throughput(seeds, args.tasks, args.examples, b, Path(tmp))
+        device = [f"device={args.device}"]
+        rows = [(f"fused, batch {b}", [*COMMON, f"stream.num_tasks={args.tasks}", f"stream.examples_per_task={args.examples}",
+                                       f"train.batch_size={b}", *device]) for b in args.batch] if "fused" in args.setups else []
+        for name in [s for s in SETUPS if s in args.setups]:
+            extra = [f"data.root={imagenet_like(Path(tmp))}"] if name == "conv_net" else []
+            rows.append((name, [*COMMON[:4], *SETUPS[name], *extra, *device]))
+        for i, (name, base) in enumerate(rows):  # a short warm-up of each setup, untimed: first-call costs
+            warm = [o for o in base if not o.startswith("stream.num_tasks=")]
+            throughput(seeds[:2], [*warm, "stream.num_tasks=1"], Path(tmp) / f"warmup{i}")
+            r = {"setup": name, **throughput(seeds, base, Path(tmp) / f"row{i}")}
             result["throughput"].append(r)
             t = r["train_ex_per_s"]
-            print(f"batch {b:>3}, {args.seeds} seeds: training loop {t['vectorised']} vs {t['sequential']} ex/s "
-                  f"= {r['train_speedup']}x; whole runs (incl. evaluation, plots) {r['vectorised_s']:.2f} vs "
-                  f"{r['sequential_s']:.2f} s = {r['wall_speedup']}x")
+            print(f"{name} ({r['path']} path), {args.seeds} seeds: training loop {t['vectorised']} vs {t['sequential']} "
+                  f"ex/s = {r['train_speedup']}x; whole runs (incl. evaluation, plots) {r['vectorised_s']:.2f} vs "
+                  f"{r['sequential_s']:.2f} s = {r['wall_speedup']}x", flush=True)
         if args.skip_memory:
+            print(json.dumps(result))
+            return
+        by_n = {n: vmap_peak_memory_mb(seeds[:n], 5, Path(tmp), args.device) for n in (1, 2, 4, 8)}
+        long = vmap_peak_memory_mb(seeds[:8], 100, Path(tmp), args.device)
+        result["vmap_memory"] = {"peak_mb_by_seeds": {n: round(m, 1) for n, m in by_n.items()},
+                                 "peak_mb_8_seeds_100_tasks": round(long, 1)}
+        print("peak memory, torch.func path (784-1000-10, Adam): " + ", ".join(
+            f"{n} seeds {m:.0f} MB" for n, m in by_n.items()) + f" (5 tasks); 8 seeds after 100 tasks {long:.0f} MB",
+            flush=True)
+        if args.device != "cpu":
             print(json.dumps(result))
             return
         few, many = args.memory_tasks
@@ -89,7 +163,7 @@ def main() -> None:
         m_many = peak_memory_mb(seeds, many, Path(tmp))
         result["memory"] = {"tasks": [few, many], "peak_rss_mb": [round(m_few, 1), round(m_many, 1)],
                             "ratio": round(m_many / m_few, 3), "seconds": round(time.perf_counter() - t0, 1)}
-        print(f"peak memory, {args.seeds} vectorised seeds: {m_few:.0f} MB after {few} tasks, {m_many:.0f} MB after {many} "
+        print(f"peak memory, {args.seeds} fused vectorised seeds: {m_few:.0f} MB after {few} tasks, {m_many:.0f} MB after {many} "
               f"({result['memory']['ratio']}x)")
     print(json.dumps(result))
 

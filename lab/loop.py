@@ -29,6 +29,7 @@ from plasticity_lab.agents.fused import FusedAgent
 from plasticity_lab.agents.stacked import StackedStep
 from plasticity_lab.agents.vmapped import VmapStep
 from plasticity_lab.agents.cuda_graph import graphed
+from plasticity_lab.lab.allocator import keep_freed_blocks
 from plasticity_lab.lab.group import RunGroup, open_group
 from plasticity_lab.lab.progress import Progress
 from plasticity_lab.lab.rundir import mark_failed, mark_finished
@@ -84,6 +85,8 @@ def group_step(ctxs: list[RunContext]) -> AgentStep | StackStep | VmapStep:
         if len(agents) == 1:
             return StackStep(agents[0].stepper())
         return StackStep(graphed(StackedStep(agents), agents[0].cuda_graphs))
+    if ctxs[0].device.type == "cpu":
+        keep_freed_blocks()  # a step frees and reallocates its large gradients and temporaries every step
     if len(agents) > 1:
         return VmapStep(agents)
     return AgentStep(agents[0])

@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from plasticity_lab.agents import Agent
 from plasticity_lab.agents.fused import FusedAgent
-from plasticity_lab.agents.vmapped import SeedOptimizer
+from plasticity_lab.agents.vmapped import SeedOptimizer, batches_seeds
 from plasticity_lab.agents.hooks import HookPlan, Record, plan_hooks
 from plasticity_lab.agents.interventions import Intervention
 from plasticity_lab.agents.interventions.resets import Reset
@@ -179,11 +179,15 @@ def run_state(ctx: RunContext) -> dict[str, Any]:
 
 def step_path(agent: Agent) -> str:
     """How the run's updates were computed: ``fused`` (the hand-fused SGD step,
-    agents/fused.py, one seed or stacked), ``vmap`` (seeds stacked under
-    torch.func, agents/vmapped.py) or ``autograd`` (one agent's own step)."""
+    agents/fused.py, one seed or stacked), ``vmap`` (seeds stacked, one
+    torch.func.vmap forward, agents/vmapped.py), ``stacked`` (seeds stacked,
+    each seed's forward in turn: conv nets on the CPU) or ``autograd`` (one
+    agent's own step)."""
     if isinstance(agent, FusedAgent):
         return "fused"
-    return "vmap" if isinstance(agent.optimizer, SeedOptimizer) else "autograd"
+    if isinstance(agent.optimizer, SeedOptimizer):
+        return "vmap" if batches_seeds(agent.model) else "stacked"
+    return "autograd"
 
 
 def finish_run(ctx: RunContext, resumes: list[dict[str, Any]], provenance: dict[str, Any]) -> dict[str, Any]:
