@@ -152,7 +152,7 @@ def update_with_abs_sums(w: torch.Tensor, d: torch.Tensor, h: torch.Tensor, lr: 
                           back if back is not None else w.new_empty(0))
         return
     if back is not None:
-        torch.matmul(d, w, out=back)
+        torch.matmul(d.reshape(-1), w, out=back)  # d may arrive as (1, out)
     w.addr_(d, h, beta=factor, alpha=-lr)
     sums_of(w, rows, cols)
 

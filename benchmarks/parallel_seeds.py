@@ -16,7 +16,7 @@ Then peak memory: of a fused vectorised run after 10 tasks and after 1,000
 RSS on the CPU; ``--device cuda``: peak CUDA memory allocated). Last line: JSON.
 
     python benchmarks/parallel_seeds.py [--seeds 8] [--setups fused hard_ash conv_net] [--device cpu]
-        [--tasks 2] [--examples 2000] [--batch 1 16] [--memory-tasks 10 1000] [--skip-memory]
+        [--tasks 2] [--examples 2000] [--batch 1 16] [--epochs 2] [--memory-tasks 10 1000] [--skip-memory]
 """
 from __future__ import annotations
 
@@ -64,7 +64,7 @@ def imagenet_like(root: Path, classes: int = 10, per_class: int = 300) -> Path:
 SETUPS = {
     "hard_ash": ["experiment=split_mnist_hard_ash_reduced", "stream.num_tasks=5"],
     "conv_net": ["experiment=continual_imagenet", "stream.num_tasks=2", "stream.train_per_class=250",
-                 "stream.test_per_class=50", "train.epochs=2"],
+                 "stream.test_per_class=50"],
 }
 """The torch.func rows: each a preset at its own batch size and optimizer, shortened."""
 
@@ -125,6 +125,7 @@ def main() -> None:
     parser.add_argument("--skip-memory", action="store_true", help="throughput only (the memory checks take ~5 min)")
     parser.add_argument("--setups", nargs="+", default=["fused", *SETUPS], choices=["fused", *SETUPS])
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--epochs", type=int, default=2, help="epochs per task of the conv_net row")
     args = parser.parse_args()
     seeds = list(range(args.seeds))
     result: dict = {"seeds": args.seeds, "threads": torch.get_num_threads(), "device": args.device, "throughput": []}
@@ -134,6 +135,8 @@ def main() -> None:
                                        f"train.batch_size={b}", *device]) for b in args.batch] if "fused" in args.setups else []
         for name in [s for s in SETUPS if s in args.setups]:
             extra = [f"data.root={imagenet_like(Path(tmp))}"] if name == "conv_net" else []
+            if name == "conv_net":
+                extra.append(f"train.epochs={args.epochs}")
             rows.append((name, [*COMMON[:4], *SETUPS[name], *extra, *device]))
         for i, (name, base) in enumerate(rows):  # a short warm-up of each setup, untimed: first-call costs
             warm = [o for o in base if not o.startswith("stream.num_tasks=")]

@@ -64,3 +64,24 @@ def test_the_graph_is_captured_and_replayed():
     assert isinstance(fast._stepper, GraphedStep) and fast._stepper.graph is not None and not fast._stepper.disabled
     for p, q in zip(net.parameters(), twin.parameters()):
         assert torch.allclose(p, q, atol=1e-6)
+
+
+@cuda
+@pytest.mark.parametrize("extra", [
+    ["agent.optimizer.name=adam", "agent.optimizer.lr=0.001", "activation=hard_ash", "train.batch_size=16"],
+    ["agent.optimizer.name=sgd", "agent.optimizer.momentum=0.9", "agent.optimizer.lr=0.01", "train.batch_size=16",
+     "interventions=[cbp]", "interventions.cbp.replacement_rate=0.01", "interventions.cbp.maturity_threshold=20"],
+], ids=["adam_hard_ash", "momentum_cbp"])
+def test_vmapped_seeds_on_the_gpu_equal_each_seed_alone(extra, tiny_run, compose, tmp_path):
+    """The torch.func path on the GPU: data, stacked weights, the fused optimizer and the seeds'
+    interventions on the device; each seed equals itself alone to float rounding (cuBLAS may pick
+    another kernel for the batched product: 1e-4, as on the CPU)."""
+    from plasticity_lab.lab.loop import run
+
+    many = run(compose([*BASE, *extra, "seeds=[0,1]"]), tmp_path / "many")
+    assert [s["step_path"] for s in many] == ["vmap", "vmap"]
+    for s in (0, 1):
+        alone = tiny_run(*extra, f"seed={s}", base=BASE, out=f"alone{s}")
+        assert many[s]["online_loss"] == pytest.approx(alone["online_loss"], rel=1e-4)
+        for k, v in _weights(tmp_path / f"alone{s}").items():
+            assert torch.allclose(v, _weights(tmp_path / f"many/seed_{s}")[k], rtol=1e-4, atol=1e-4), (s, k)
