@@ -223,6 +223,7 @@ def kill_and_resume(tmp_path: Path, args: list[str], points: list[str], env: dic
     assert done.returncode == 0, done.stderr
 
 
+@pytest.mark.slow  # ~1 min of subprocesses; the default suite resumes stopped groups in-process (test_seeds, test_vmapped)
 def test_a_group_killed_at_many_moments_resumes_as_a_group_to_the_uninterrupted_end(tmp_path):
     """Six SIGKILLs of a 3-seed group (between seeds' task ends and starts,
     before and after checkpoints, mid-task), each resumed: every seed ends as
