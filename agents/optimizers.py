@@ -9,6 +9,7 @@ from typing import Any, Iterable
 import torch
 
 from plasticity_lab.agents.upgd import UPGD
+from plasticity_lab.agents.vmapped import SeedOptimizer
 from plasticity_lab.registry import ConfigError
 
 EXTRA = {"upgd": UPGD}
@@ -29,6 +30,13 @@ def optimizer_class(name: str) -> type[torch.optim.Optimizer]:
         if n.lower() == str(name).lower() and inspect.isclass(c) and issubclass(c, torch.optim.Optimizer):
             return c
     raise ConfigError("agent.optimizer.name", name, optimizer_names())
+
+
+def fresh_like(optimizer: torch.optim.Optimizer | SeedOptimizer, params: Iterable[torch.Tensor]) -> torch.optim.Optimizer:
+    """A new optimizer of ``optimizer``'s class and defaults over ``params``
+    (for a seed of vectorised seeds: of its own optimizer's class, not the stack's)."""
+    kind = optimizer.kind if isinstance(optimizer, SeedOptimizer) else type(optimizer)
+    return kind(params, **optimizer.defaults)
 
 
 def make_optimizer(params: Iterable[torch.nn.Parameter], name: str, lr: float, **kwargs: Any) -> torch.optim.Optimizer:

@@ -26,7 +26,8 @@ matrix product is not bit-identical to the single one on every kernel.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping, MutableMapping
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -51,8 +52,9 @@ momentum product): one value for every seed of a stack."""
 
 PER_TENSOR_COUNTERS = (torch.optim.Adam, torch.optim.AdamW, torch.optim.Adamax, torch.optim.NAdam,
                        torch.optim.RAdam)
-"""Optimizers whose state holds a per-tensor step count (bias correction): one
-seed's tensor cannot restart or pause it alone."""
+"""Optimizers whose update reads a per-tensor step count (bias correction):
+one seed's tensor cannot restart it alone (Adagrad too, where ``lr_decay``
+makes its step count matter)."""
 
 
 def vmap_reason(agent: Agent, drops_state: bool = False) -> str | None:
@@ -66,7 +68,9 @@ def vmap_reason(agent: Agent, drops_state: bool = False) -> str | None:
     if type(opt) not in ELEMENTWISE:
         return (f"optimizer {type(opt).__name__} (vectorised seeds: an elementwise one, "
                 + ", ".join(c.__name__ for c in ELEMENTWISE) + ")")
-    if drops_state and isinstance(opt, PER_TENSOR_COUNTERS):
+    counts = isinstance(opt, PER_TENSOR_COUNTERS) or (isinstance(opt, torch.optim.Adagrad) and
+                                                       any(g["lr_decay"] for g in opt.param_groups))
+    if drops_state and counts:
         return f"a reset that restarts {type(opt).__name__}'s per-tensor step count"
     if drops_state and isinstance(opt, torch.optim.SGD) and any(g["dampening"] for g in opt.param_groups):
         return "a reset with SGD dampening (its first step after a reset is undamped)"
@@ -116,10 +120,10 @@ class VmapStep:
         self.loss_fn, self.loss_name = first.loss_fn, first.loss_name
         self.wrapper = _Features(first.model)
         names = [n for n, _ in first.model.named_parameters()]
-        self.seed_params = seeds = [dict(a.model.named_parameters()) for a in agents]
+        seeds = [dict(a.model.named_parameters()) for a in agents]
         self.params = {n: torch.stack([s[n].detach() for s in seeds]).requires_grad_(seeds[0][n].requires_grad)
                        for n in names}
-        for n in names:
+        for n in names:  # each seed's parameters: contiguous views of its slice, laid out as alone
             for i, s in enumerate(seeds):
                 s[n].data = self.params[n].detach()[i]
         buffers = [dict(a.model.named_buffers()) for a in agents]
@@ -127,20 +131,16 @@ class VmapStep:
         for n, stacked in self.buffers.items():
             for i, b in enumerate(buffers):
                 b[n].data = stacked[i]
-        self.flat = {n: p.detach() for n, p in self.params.items()}
-        """What the optimizer updates: each stacked tensor's memory as a contiguous tensor (see _relayout)."""
-        self.order = {n: tuple(range(p.dim())) for n, p in self.params.items()}
-        self.optimizer = _stacked_optimizer(first.optimizer, first.model, self.flat)
+        self.optimizer = _stacked_optimizer(first.optimizer, first.model, self.params)
         for i, a in enumerate(agents):
-            pairs = [(seeds[i][n], self.flat[n], self.order[n]) for n in names]
-            own, a.optimizer = a.optimizer, SeedOptimizer(self.optimizer, i, pairs)
+            own = a.optimizer
+            a.optimizer = SeedOptimizer(self.optimizer, i, [(seeds[i][n], self.params[n]) for n in names], own)
             a.optimizer.adopt(own.state)  # a resumed seed's loaded state moves into its slice
         self.trained = [n for n in names if self.params[n].requires_grad]
-        self.last_grads: list[torch.Tensor | None] = []
         self.penalties = [a.penalties for a in agents]
+        self.last_grads: list[torch.Tensor | None] = []
         self._mask_key: list | None = None
         self._masks: torch.Tensor | None = None
-        self._layouts_checked = False
         self.batched = batches_seeds(first.model) if batched is None else batched
         self._forward = vmap(self._seed_forward, in_dims=(0, 0, 0, 0, 0), randomness="error")
         self._forward_unmasked = vmap(self._seed_forward, in_dims=(0, 0, 0, 0, None), randomness="error")
@@ -159,7 +159,9 @@ class VmapStep:
                       y: torch.Tensor, mask: torch.Tensor | None
                       ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
         """What the vmapped forward returns, one seed after another: each seed's
-        slices come from ``unbind`` (whose backward stacks the N gradients in one copy)."""
+        slices come from ``unbind`` (whose backward stacks the N gradients in one copy).
+        (A layer that drew random numbers would draw from the process's generator
+        here, where vmap refuses; no network of the lab draws in its forward.)"""
         views = {k: v.unbind(0) for k, v in params.items()}
         bufs = {k: v.unbind(0) for k, v in buffers.items()}
         outs = [self._seed_forward({k: v[i] for k, v in views.items()}, {k: v[i] for k, v in bufs.items()}, x[i], y[i],
@@ -183,11 +185,18 @@ class VmapStep:
         """Update every seed on its batch ``x[i], y[i]`` ((N, B, ...) and (N, B));
         returns per-seed loss (N,), correct predictions (N,) and seed i's StepInfo on demand."""
         mask = self.masks()
-        if not self._layouts_checked:
-            self._match_gradient_layouts(x, y, mask)
-        loss, logits, feats, grads = self._gradients(self.buffers, x, y, mask)
-        for n, g in zip(self.trained, grads):  # the gradient in its tensor's storage order: contiguous
-            self.flat[n].grad = None if g is None else g.permute(self.order[n])
+        if not self.batched:
+            forward = self._forward_each
+        else:
+            forward = self._forward_unmasked if mask is None else self._forward
+        loss, logits, feats = forward(self.params, self.buffers, x, y, mask)
+        total = loss.sum()
+        if any(self.penalties):
+            total = total + self._penalties()
+        grads = torch.autograd.grad(total, [self.params[n] for n in self.trained], allow_unused=True)
+        for n, g in zip(self.trained, grads):  # in the parameter's layout: torch's fused CPU optimizers
+            p = self.params[n]                  # (2.14) read a transposed gradient as if it were not
+            p.grad = g if g is None or g.stride() == p.stride() else g.contiguous()
         self.last_grads = list(grads)
         self.optimizer.step()
         loss, logits, feats = loss.detach(), logits.detach(), [f.detach() for f in feats]
@@ -200,55 +209,6 @@ class VmapStep:
             return StepInfo(x[i], y[i], logits[i], loss[i], correct[i], [f[i] for f in feats], lambda: self.grads(i))
 
         return loss, correct, info
-
-    def _gradients(self, buffers: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None
-                   ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor], tuple[torch.Tensor | None, ...]]:
-        """Per-seed losses, logits, features and the stacked gradients of the summed losses and penalties."""
-        if not self.batched:
-            forward = self._forward_each
-        else:
-            forward = self._forward_unmasked if mask is None else self._forward
-        loss, logits, feats = forward(self.params, buffers, x, y, mask)
-        total = loss.sum()
-        if any(self.penalties):
-            total = total + self._penalties()
-        return loss, logits, feats, torch.autograd.grad(total, [self.params[n] for n in self.trained], allow_unused=True)
-
-    def _match_gradient_layouts(self, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None) -> None:
-        """Before the first step (a probe on its batch, buffers copied so that
-        nothing changes; so every process, resumed or not, computes every step
-        with the same layouts): each stacked tensor whose gradient comes out in
-        another memory layout (a Linear weight's batched gradient is the
-        transpose of its (N, out, in) layout) moves to that layout, and the
-        optimizer updates its memory as one contiguous tensor, so no step
-        copies a gradient into its parameter's layout nor a fused optimizer a
-        strided parameter into a contiguous one (each a strided copy of the
-        whole tensor: 40 % of an 8-seed 784-1000-10 Adagrad step here)."""
-        grads = self._gradients({k: v.clone() for k, v in self.buffers.items()}, x, y, mask)[3]
-        for n, g in zip(self.trained, grads):
-            if g is not None and g.stride() != self.params[n].stride() and _dense(g):
-                self._relayout(n, g.stride())
-        self._layouts_checked = True
-
-    @torch.no_grad()
-    def _relayout(self, name: str, stride: tuple[int, ...]) -> None:
-        """Stacked tensor ``name`` in the memory layout ``stride``, and what the
-        optimizer updates (with its per-entry state) as that memory, contiguous."""
-        old, old_flat = self.params[name], self.flat[name]
-        new = _with_layout(old.detach(), stride).requires_grad_(old.requires_grad)
-        order = tuple(sorted(range(new.dim()), key=lambda d: -new.stride(d)))
-        flat = new.detach().permute(order)
-        self.params[name], self.flat[name], self.order[name] = new, flat, order
-        for i, seed in enumerate(self.seed_params):
-            seed[name].data = new.detach()[i]
-        for group in self.optimizer.param_groups:
-            group["params"] = [flat if p is old_flat else p for p in group["params"]]
-        state = self.optimizer.state.pop(old_flat, None)
-        if state:
-            self.optimizer.state[flat] = {k: v.permute(order).contiguous() if _per_entry(k, v, old_flat) else v
-                                          for k, v in state.items()}
-        for a in self.agents:
-            a.optimizer.restack(old_flat, flat, order)
 
     def _penalties(self) -> torch.Tensor:
         """Every seed's penalties of its own slice (an L2-init penalty reads the seed's own initial weights)."""
@@ -272,21 +232,6 @@ def _per_entry(key: str, value: Any, stacked: torch.Tensor) -> bool:
     return isinstance(value, torch.Tensor) and key not in PER_TENSOR_KEYS and value.shape == stacked.shape
 
 
-def _inverse(order: tuple[int, ...]) -> tuple[int, ...]:
-    return tuple(sorted(range(len(order)), key=lambda d: order[d]))
-
-
-def _dense(t: torch.Tensor) -> bool:
-    """Whether ``t`` is a permutation of a contiguous tensor (no gaps, no overlaps)."""
-    order = sorted(range(t.dim()), key=lambda d: -t.stride(d))
-    return t.permute(order).is_contiguous()
-
-
-def _with_layout(t: torch.Tensor, stride: tuple[int, ...]) -> torch.Tensor:
-    """A copy of ``t`` with the memory layout ``stride``."""
-    return torch.empty_strided(t.shape, stride, dtype=t.dtype, device=t.device).copy_(t)
-
-
 def _stacked_optimizer(own: torch.optim.Optimizer, model: nn.Module,
                        params: dict[str, torch.Tensor]) -> torch.optim.Optimizer:
     """An optimizer of ``own``'s class and hyperparameters over the stacked
@@ -307,49 +252,66 @@ def _stacked_optimizer(own: torch.optim.Optimizer, model: nn.Module,
     return type(own)(groups, **defaults)
 
 
+IMPLEMENTATION_KEYS = ("fused", "foreach")
+"""Group keys that choose how torch computes an update, not what it computes:
+a seed reports its own optimizer's values, not the stack's."""
+
+
+class _GroupView(MutableMapping):
+    """One param group of a seed: its own parameters under ``params``; every
+    hyperparameter read from and written to the stacked group, which all seeds share."""
+
+    def __init__(self, group: dict[str, Any], params: list[torch.Tensor], own: dict[str, Any]):
+        self.group, self.params, self.own = group, params, own
+
+    def __getitem__(self, key: str) -> Any:
+        if key == "params":
+            return self.params
+        return self.own[key] if key in IMPLEMENTATION_KEYS and key in self.own else self.group[key]
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        if key == "params":
+            raise KeyError("a seed's parameters are fixed by its stack")
+        self.group[key] = value
+
+    def __delitem__(self, key: str) -> None:
+        raise KeyError(key)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.group)
+
+    def __len__(self) -> int:
+        return len(self.group)
+
+
 class SeedOptimizer:
     """Seed i's share of an optimizer over stacked tensors, with what unit
-    resets, schedules and checkpoints use of a torch optimizer:
-    ``param_groups`` (the seed's parameters, the shared hyperparameters),
-    ``state`` (per seed parameter, views of slice i of the stacked state),
+    resets, schedules, probes and checkpoints use of a torch optimizer:
+    ``param_groups`` (the seed's parameters; hyperparameters read from and
+    written to the stack's groups), ``state`` (per seed parameter, views of
+    slice i of the stacked state), ``kind`` and ``defaults`` (the seed's own
+    optimizer's class and defaults: a probe builds a fresh one from them),
     ``state_dict`` / ``load_state_dict`` in the layout of the seed's own optimizer."""
 
-    def __init__(self, stacked: torch.optim.Optimizer, index: int,
-                 pairs: list[tuple[torch.Tensor, torch.Tensor, tuple[int, ...]]]):
-        """``pairs``: per seed parameter, the tensor the stacked optimizer updates and the
-        order of its dimensions (``flat.permute(inverse(order))[index]`` is the seed's)."""
-        self.stacked, self.index = stacked, index
-        self.pairs: list[tuple[torch.Tensor, torch.Tensor]] = []
-        self._inverse: dict[int, tuple[int, ...]] = {}
-        for p, s, order in pairs:
-            self.restack(s, s, order, p)
+    def __init__(self, stacked: torch.optim.Optimizer, index: int, pairs: list[tuple[torch.Tensor, torch.Tensor]],
+                 own: torch.optim.Optimizer):
+        """``pairs``: per seed parameter, the stacked tensor whose slice ``index`` it is;
+        ``own``: the seed's optimizer before stacking."""
+        self.stacked, self.index, self.pairs = stacked, index, pairs
+        self.kind: type[torch.optim.Optimizer] = type(own)
+        self.defaults: dict[str, Any] = dict(own.defaults)
+        self._own_groups = [{k: g[k] for k in IMPLEMENTATION_KEYS if k in g} for g in own.param_groups]
+        self._stack_of = {id(p): s for p, s in pairs}
+        self._own_of = {id(s): p for p, s in pairs}
 
     @property
-    def param_groups(self) -> list[dict[str, Any]]:
-        return [{**g, "params": [self._own_of[id(s)] for s in g["params"]]} for g in self.stacked.param_groups]
-
-    @property
-    def defaults(self) -> dict[str, Any]:
-        return self.stacked.defaults
+    def param_groups(self) -> list[_GroupView]:
+        return [_GroupView(g, [self._own_of[id(s)] for s in g["params"]], own)
+                for g, own in zip(self.stacked.param_groups, self._own_groups)]
 
     @property
     def state(self) -> "SeedState":
         return SeedState(self)
-
-    def restack(self, old: torch.Tensor, new: torch.Tensor, order: tuple[int, ...],
-                param: torch.Tensor | None = None) -> None:
-        """The optimizer's tensor ``old`` is now ``new``, whose dimensions are the
-        stacked tensor's permuted by ``order`` (``param``: a seed parameter to add)."""
-        if param is not None:
-            self.pairs.append((param, new))
-        self.pairs = [(p, new if s is old else s) for p, s in self.pairs]
-        self._inverse[id(new)] = _inverse(order)
-        self._stack_of = {id(p): s for p, s in self.pairs}
-        self._own_of = {id(s): p for p, s in self.pairs}
-
-    def seed_view(self, stacked: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
-        """Seed i's entries of ``value`` (a state tensor shaped as the optimizer's ``stacked``), shaped as its parameter."""
-        return value.permute(self._inverse[id(stacked)])[self.index]
 
     def slice_of(self, param: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]] | None:
         """The stacked tensor holding ``param`` and its state (None for a tensor of another model)."""
@@ -369,7 +331,11 @@ class SeedOptimizer:
         return {"state": state, "param_groups": groups}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Seed i's entries from a state dict of its own optimizer's layout."""
+        """Seed i's entries and the groups' hyperparameters from a state dict of its own optimizer's layout."""
+        for view, saved in zip(self.param_groups, state_dict["param_groups"]):
+            for key, value in saved.items():
+                if key != "params" and key not in IMPLEMENTATION_KEYS:
+                    view[key] = value
         loaded = state_dict["state"]
         self.adopt({p: loaded[k] for k, (p, _) in enumerate(self.pairs) if k in loaded})
 
@@ -387,7 +353,7 @@ class SeedOptimizer:
                 if isinstance(value, torch.Tensor) and key not in PER_TENSOR_KEYS:
                     if key not in target:
                         target[key] = torch.zeros_like(stacked, dtype=value.dtype)
-                    self.seed_view(stacked, target[key]).copy_(value)
+                    target[key][self.index].copy_(value)
                 else:  # a per-tensor value (Adam's step): the same for every seed of the group
                     target[key] = value.clone() if isinstance(value, torch.Tensor) else value
 
@@ -395,8 +361,9 @@ class SeedOptimizer:
 class SeedState(Mapping):
     """``optimizer.state`` of one seed: per parameter, its slice of each per-entry state tensor.
     ``pop(param)`` (a full reset) clears the slice to the initial values (0; Adagrad's
-    ``sum`` to its initial accumulator), what a seed alone gets from a dropped state
-    for the optimizers :func:`vmap_reason` allows with such resets."""
+    ``sum`` to its initial accumulator) and keeps the per-tensor step count: what a
+    seed alone gets from a dropped state for the optimizers :func:`vmap_reason`
+    allows with such resets."""
 
     def __init__(self, opt: SeedOptimizer):
         self.opt = opt
@@ -406,7 +373,7 @@ class SeedState(Mapping):
         if found is None:
             return {}
         stacked, state = found
-        return {k: self.opt.seed_view(stacked, v) if _per_entry(k, v, stacked) else v for k, v in state.items()}
+        return {k: v[self.opt.index] if _per_entry(k, v, stacked) else v for k, v in state.items()}
 
     def __getitem__(self, param: torch.Tensor) -> dict[str, Any]:
         entries = self._entries(param)
@@ -427,7 +394,7 @@ class SeedState(Mapping):
         entries = self._entries(param)
         if not entries:
             return default
-        initial = float(self.opt.stacked.defaults.get("initial_accumulator_value", 0.0))
+        initial = float(self.opt.defaults.get("initial_accumulator_value", 0.0))
         for key, value in entries.items():
             if isinstance(value, torch.Tensor) and key not in PER_TENSOR_KEYS:
                 value.fill_(initial if key == "sum" else 0.0)

@@ -2,7 +2,8 @@
 
 A group of N runs (N = 1 for a plain ``lab run``) trains in lock-step: each
 batch is an (N, B, ...) tensor, one step updates every run (the fused step
-of stacked seeds, agents/stacked.py, or one agent's ``observe`` when N = 1),
+of stacked seeds, agents/stacked.py; seeds stacked under torch.func,
+agents/vmapped.py; or one agent's ``observe`` when N = 1),
 then each run's ``after_step`` hooks see their own :class:`StepInfo`. With
 N > 1 every run's hooks, augmentation and task boundary run with that run's
 own random generators (lab/seeds.py), so a seed draws the same numbers alone
@@ -198,7 +199,7 @@ def epoch_order(seed: int, task_id: int, epoch: int, n: int) -> torch.Tensor:
     return torch.randperm(n, generator=g)
 
 
-def train_task(ctxs: list[RunContext], tasks: list[Task], step: AgentStep | StackStep, generators: SeedGenerators,
+def train_task(ctxs: list[RunContext], tasks: list[Task], step: AgentStep | StackStep | VmapStep, generators: SeedGenerators,
                progress: Progress, stop: StopRequest, position: dict[str, Any] | None = None
                ) -> list[tuple[float, float, int]]:
     """The hot loop: every run's epochs over its task, one group step per

@@ -171,7 +171,7 @@ def run_state(ctx: RunContext) -> dict[str, Any]:
     return {
         "agent": checkpoint.compact(ctx.agent.checkpoint_state()),
         "tracker": ctx.tracker.state_dict() if ctx.tracker is not None else None,
-        "interventions": [iv.state_dict() for iv in ctx.interventions],
+        "interventions": [checkpoint.compact(iv.state_dict()) for iv in ctx.interventions],  # e.g. ReDo's probe: a view of its task
         "results": ctx.results.to_dict(), "step": ctx.step, "jsonl": ctx.jsonl.position(),
         "wandb_id": ctx.wandb.run_id if ctx.wandb else None,
     }

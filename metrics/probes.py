@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from plasticity_lab.agents.optimizers import fresh_like
 from plasticity_lab.metrics.catalog import metrics
 
 
@@ -46,7 +47,7 @@ def _fit(model: nn.Module, params, optimizer: torch.optim.Optimizer, x: torch.Te
     kind, drawing batches and any optimizer noise (UPGD's) from generators seeded by ``seed``
     inside a fork of the global ones, which are left as they were."""
     g = torch.Generator().manual_seed(seed)
-    opt = type(optimizer)(params, **optimizer.defaults)
+    opt = fresh_like(optimizer, params)
     with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
         torch.manual_seed(seed)
         with torch.no_grad():

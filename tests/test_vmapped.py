@@ -17,7 +17,8 @@ import torch
 from conftest import run_state, run_weights
 from test_cifar100 import write_cifar
 from test_continual_imagenet import write_fixture
-from plasticity_lab.agents.vmapped import SeedOptimizer, VmapStep
+from plasticity_lab.agents.agent import Agent
+from plasticity_lab.agents.vmapped import SeedOptimizer, VmapStep, vmap_reason
 from plasticity_lab.lab.stop import Stopped
 from plasticity_lab.registry import ConfigError
 from plasticity_lab.streams.imagenet32 import convert
@@ -46,6 +47,12 @@ def setups(dirs):
         "adagrad_elephant_layernorm_l2init": [*MLP, "agent.optimizer.name=adagrad", "agent.optimizer.lr=2e-4",
                                               "activation=elephant_a05", "agent.layer_norm=true",
                                               "interventions=[l2_init]"],
+        # random re-initialisations drawn into each seed's own slice (shrink & perturb's noise, a head reset's
+        # draws) and the plasticity probes' fresh optimizer, on the autograd path (train.fast=false)
+        "momentum_mlp_shrink_perturb_reset_probes": [
+            *MLP, "train.fast=false", "agent.optimizer.momentum=0.9", "agent.optimizer.lr=0.01",
+            "interventions=[shrink_perturb,reset]", "interventions.shrink_perturb.noise_std=1e-3",
+            "metrics.probe_every=1", "metrics.probe_steps=5"],
         "momentum_conv_net_cbp_new_heads": [
             "wandb.enabled=false", "progress=off", "experiment=continual_imagenet", f"data.root={dirs['imagenet']}",
             "stream.num_tasks=3", "stream.train_per_class=60", "stream.test_per_class=40", "train.epochs=2",
@@ -87,7 +94,8 @@ def assert_close_records(a, b):
 
 
 @pytest.mark.parametrize("name", ["adam_mlp_hard_ash_redo", "adagrad_elephant_layernorm_l2init",
-                                  "momentum_conv_net_cbp_new_heads", "resnet18_cifar"])
+                                  "momentum_mlp_shrink_perturb_reset_probes", "momentum_conv_net_cbp_new_heads",
+                                  "resnet18_cifar"])
 def test_each_vmapped_seed_equals_its_run_alone(name, image_dirs, compose, tmp_path):
     from plasticity_lab.lab.loop import run
 
@@ -137,7 +145,7 @@ def test_a_unit_reset_clears_one_seed_s_slice_of_the_stacked_state(compose):
     assert torch.equal(state0["exp_avg"], before0)  # seed 0 untouched
     assert state1["exp_avg"][[2, 5]].abs().sum() == 0 and state1["exp_avg_sq"][[2, 5]].abs().sum() == 0
     assert torch.equal(state1["exp_avg"][[0, 1, 3]], before1[[0, 1, 3]])  # the other units kept
-    stacked = step.optimizer.state[step.flat["layers.0.weight"]]["exp_avg"]  # and the change is in the stack itself
+    stacked = step.optimizer.state[step.params["layers.0.weight"]]["exp_avg"]  # and the change is in the stack itself
     assert stacked.untyped_storage().data_ptr() == state1["exp_avg"].untyped_storage().data_ptr()
     assert w_in.untyped_storage().data_ptr() == step.params["layers.0.weight"].untyped_storage().data_ptr()
 
@@ -179,6 +187,22 @@ def test_groups_vectorised_seeds_cannot_take_say_what_to_do_instead(compose, tmp
         run(compose([*MLP, "agent.optimizer.name=lbfgs", "seeds=[0,1]"]), tmp_path / "a")
     with pytest.raises(ConfigError, match="seeds.*restarts Adam's per-tensor step.*--multirun"):
         run(compose([*MLP, "agent.optimizer.name=adam", "interventions=[reset]", "seeds=[0,1]"]), tmp_path / "b")
+    net = torch.nn.Linear(2, 2)  # Adagrad's step count enters its update only through lr_decay
+    assert vmap_reason(Agent(net, torch.optim.Adagrad(net.parameters(), lr_decay=0.1)), drops_state=True)
+    assert vmap_reason(Agent(net, torch.optim.Adagrad(net.parameters())), drops_state=True) is None
+
+
+def test_a_seed_s_param_groups_write_through_and_its_checkpoint_names_its_own_implementation(compose):
+    """A learning-rate change through one seed's param_groups reaches the stacked optimizer (which
+    all seeds share); the seed's state dict reports its own optimizer's ``fused``, not the stack's."""
+    from plasticity_lab.lab.runner import build_run
+
+    agents = [build_run(compose([*MLP, "agent.optimizer.name=adam", f"seed={s}"])).agent for s in (0, 1)]
+    step = VmapStep(agents)
+    agents[0].optimizer.param_groups[0]["lr"] = 0.123
+    assert step.optimizer.param_groups[0]["lr"] == 0.123 and agents[1].optimizer.param_groups[0]["lr"] == 0.123
+    assert step.optimizer.param_groups[0]["fused"] is True  # the stack's CPU kernel
+    assert agents[0].optimizer.state_dict()["param_groups"][0]["fused"] is None  # as the seed's own optimizer
 
 
 def test_conv_seeds_vmapped_and_in_turn_agree(image_dirs, compose):

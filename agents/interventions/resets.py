@@ -6,7 +6,9 @@ integer k (the last k Linear layers). ``every``: ``task`` (at each task start
 after the first) or a number of steps. ``mode``: ``init`` re-samples weights
 from the init distribution with zero biases; ``zero`` sets weights and biases
 to 0 (continual ImageNet's head reset). The optimizer state of a reset tensor
-is dropped entirely (momentum, Adam moments and step).
+is dropped entirely (momentum, Adam moments and step); among vectorised seeds
+it is cleared to its initial values with the shared step count kept, which is
+the same where no step count enters the update (agents/vmapped.py refuses the rest).
 """
 from __future__ import annotations
 
