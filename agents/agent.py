@@ -139,6 +139,30 @@ class Agent:
         self.optimizer.load_state_dict(state["optimizer"])
 
 
+class StackedMasks:
+    """The head masks of N agents stacked into one (N, [1,] out) tensor (None
+    when no agent masks its logits), stacked again only when an agent's mask
+    changed (at a task start), not every step: what stacked seeds add to their logits."""
+
+    def __init__(self, agents: list[Agent], per_example: bool = False):
+        """``per_example``: shape (N, 1, out), to broadcast over each seed's batch of (N, B, out) logits."""
+        self.agents, self.per_example = agents, per_example
+        self._key: list | None = None
+        self._masks: torch.Tensor | None = None
+
+    def __call__(self) -> torch.Tensor | None:
+        current = [a._mask for a in self.agents]
+        if self._key is None or any(m is not k for m, k in zip(current, self._key)):
+            self._key = current  # the mask objects themselves: kept alive, so compared by identity safely
+            if all(m is None for m in current):
+                self._masks = None
+            else:
+                zero = torch.zeros_like(next(m for m in current if m is not None))
+                masks = torch.stack([zero if m is None else m for m in current])
+                self._masks = masks[:, None, :] if self.per_example else masks
+        return self._masks
+
+
 class WholeTaskAgent(Agent):
     """An agent that trains a whole task with its own loop (an Avalanche
     strategy): the runner calls ``train_task`` instead of stepping it."""

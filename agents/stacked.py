@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from plasticity_lab.agents.abs_sums import sums_of, update_with_abs_sums
-from plasticity_lab.agents.agent import StepInfo
+from plasticity_lab.agents.agent import StackedMasks, StepInfo
 from plasticity_lab.agents.pending import PendingUpdates
 
 
@@ -49,8 +49,8 @@ class StackedStep:
             a._stack = self  # the step that holds (and flushes) each agent's weights
         self.loss_name = first.loss_name
         self.acts = first.model.acts  # FunctionActivations (fused_reason): phi and its registered phi'
-        self._mask_key: list | None = None
-        self._masks: torch.Tensor | None = None
+        self.masks = StackedMasks(agents, per_example=True)
+        """(N, 1, out) head masks of the seeds (None when no seed masks its logits)."""
         self.weights: list[torch.Tensor] = []
         self.biases: list[torch.Tensor | None] = []
         for i, layer in enumerate(first.model.layers):
@@ -70,19 +70,6 @@ class StackedStep:
                 a.restored_pending = None
         self.abs_sums = ([(w.new_zeros(w.shape[:2]), w.new_zeros(w.shape[0], w.shape[2])) for w in self.weights]
                          if first.weight_abs_sums else None)
-
-    def masks(self) -> torch.Tensor | None:
-        """(N, 1, out) head masks of the seeds (None when no seed masks its logits),
-        stacked again only when a seed's mask changed (at a task start), not every step."""
-        current = [a._mask for a in self.agents]
-        if self._mask_key is None or any(m is not k for m, k in zip(current, self._mask_key)):
-            self._mask_key = current  # the mask objects themselves: kept alive, so compared by identity safely
-            if all(a._mask is None for a in self.agents):
-                self._masks = None
-            else:
-                zero = torch.zeros_like(self.weights[-1][0, :, 0])
-                self._masks = torch.stack([zero if a._mask is None else a._mask for a in self.agents])[:, None, :]
-        return self._masks
 
     def flush(self) -> None:
         """Apply the deferred updates (agents/pending.py), if any, to the weights."""

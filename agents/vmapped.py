@@ -33,7 +33,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, vmap
 
-from plasticity_lab.agents.agent import Agent, StepInfo
+from plasticity_lab.agents.agent import Agent, StackedMasks, StepInfo
 
 ELEMENTWISE = (torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW, torch.optim.Adagrad, torch.optim.RMSprop,
                torch.optim.Adamax, torch.optim.NAdam, torch.optim.RAdam, torch.optim.Adadelta)
@@ -137,10 +137,10 @@ class VmapStep:
             a.optimizer = SeedOptimizer(self.optimizer, i, [(seeds[i][n], self.params[n]) for n in names], own)
             a.optimizer.adopt(own.state)  # a resumed seed's loaded state moves into its slice
         self.trained = [n for n in names if self.params[n].requires_grad]
-        self.penalties = [a.penalties for a in agents]
+        self.penalties = [[_Penalty(a.model, p) for p in a.penalties] for a in agents]
         self.last_grads: list[torch.Tensor | None] = []
-        self._mask_key: list | None = None
-        self._masks: torch.Tensor | None = None
+        self.masks = StackedMasks(agents)
+        """(N, out) head masks of the seeds (None when no seed masks its logits)."""
         self.batched = batches_seeds(first.model) if batched is None else batched
         self._forward = vmap(self._seed_forward, in_dims=(0, 0, 0, 0, 0), randomness="error")
         self._forward_unmasked = vmap(self._seed_forward, in_dims=(0, 0, 0, 0, None), randomness="error")
@@ -168,18 +168,6 @@ class VmapStep:
                                    None if mask is None else mask[i]) for i in range(self.n)]
         return (torch.stack([o[0] for o in outs]), torch.stack([o[1] for o in outs]),
                 [torch.stack([o[2][j] for o in outs]) for j in range(len(outs[0][2]))])
-
-    def masks(self) -> torch.Tensor | None:
-        """(N, out) head masks (None when no seed masks its logits), stacked again only when a seed's changed."""
-        current = [a._mask for a in self.agents]
-        if self._mask_key is None or any(m is not k for m, k in zip(current, self._mask_key)):
-            self._mask_key = current  # the mask objects themselves, kept alive: compared by identity safely
-            if all(m is None for m in current):
-                self._masks = None
-            else:
-                zero = torch.zeros_like(next(m for m in current if m is not None))
-                self._masks = torch.stack([zero if m is None else m for m in current])
-        return self._masks
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, Callable[[int], StepInfo]]:
         """Update every seed on its batch ``x[i], y[i]`` ((N, B, ...) and (N, B));
@@ -215,8 +203,8 @@ class VmapStep:
         total = torch.zeros((), device=next(iter(self.params.values())).device)
         for i, penalties in enumerate(self.penalties):
             state = {f"net.{k}": v[i] for k, v in self.params.items()}
-            for p in penalties:
-                total = total + functional_call(_Penalty(self.agents[i].model, p), state, ())
+            for penalty in penalties:
+                total = total + functional_call(penalty, state, ())
         return total
 
     def grads(self, i: int) -> list[torch.Tensor]:

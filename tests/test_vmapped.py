@@ -9,11 +9,11 @@ steps keep that far below 1e-4 in the weights. Tolerances: weights 1e-4
 (absolute and relative), losses 1e-4 relative, accuracies one prediction in a
 hundred; two seeds differ from each other by ~1e-1.
 """
-import json
 
 import pytest
 import torch
 
+from seed_records import assert_close_records, records
 from conftest import run_state, run_weights
 from test_cifar100 import write_cifar
 from test_continual_imagenet import write_fixture
@@ -72,25 +72,6 @@ first steps (measured here: the same seed alone at 1 vs 2 threads differs by 1e-
 lr 1e-3, by 7e-3 at lr 1e-2), so its weights are compared to 1e-3, and its momentum buffers (the
 last gradients, ~10 % apart by then for the same reason) only through the weights they moved;
 every other setup to 1e-4."""
-
-
-def records(path):
-    out = []
-    for line in path.read_text().splitlines():
-        r = json.loads(line)
-        r.pop("perf/examples_per_s", None)
-        out.append(r)
-    return out
-
-
-def assert_close_records(a, b):
-    assert [(r["step"], r["task"], sorted(r)) for r in a] == [(r["step"], r["task"], sorted(r)) for r in b]
-    for x, y in zip(a, b):
-        for key, value in x.items():
-            if key.endswith("_acc") or "/acc/" in key or key.startswith(("units/", "sparsity/", "eval/")):
-                assert value == pytest.approx(y[key], abs=0.01), key  # counts of predictions/units: one may flip
-            else:
-                assert value == pytest.approx(y[key], rel=1e-3, abs=1e-4), key
 
 
 @pytest.mark.parametrize("name", ["adam_mlp_hard_ash_redo", "adagrad_elephant_layernorm_l2init",
