@@ -57,11 +57,13 @@ one seed's tensor cannot restart it alone (Adagrad too, where ``lr_decay``
 makes its step count matter)."""
 
 
-def vmap_reason(agent: Agent, drops_state: bool = False) -> str | None:
+def vmap_reason(agent: Agent, drops_state: bool = False, sits_out: bool = False) -> str | None:
     """Why seeds of ``agent`` cannot be stacked here (None when they can).
     ``drops_state``: an intervention drops a whole tensor's optimizer state
     (a full reset), which a stacked tensor can do for one seed only where no
-    per-tensor counter restarts with it."""
+    per-tensor counter restarts with it. ``sits_out``: seeds' tasks differ in
+    size, so a seed sometimes sits a step out (agents/idle.py), which it can
+    only where no per-tensor counter enters the update (the stack's counts every step)."""
     opt = agent.optimizer
     if type(agent) is not Agent:
         return f"agent {type(agent).__name__} (vectorised seeds: the lab's own learner)"
@@ -72,6 +74,9 @@ def vmap_reason(agent: Agent, drops_state: bool = False) -> str | None:
                                                        any(g["lr_decay"] for g in opt.param_groups))
     if drops_state and counts:
         return f"a reset that restarts {type(opt).__name__}'s per-tensor step count"
+    if sits_out and counts:
+        return (f"tasks of different sizes for different seeds with {type(opt).__name__}, whose update reads "
+                "a per-tensor step count that a seed sitting out a step cannot keep")
     if drops_state and isinstance(opt, torch.optim.SGD) and any(g["dampening"] for g in opt.param_groups):
         return "a reset with SGD dampening (its first step after a reset is undamped)"
     return None
@@ -132,9 +137,12 @@ class VmapStep:
             for i, b in enumerate(buffers):
                 b[n].data = stacked[i]
         self.optimizer = _stacked_optimizer(first.optimizer, first.model, self.params)
-        for i, a in enumerate(agents):
-            own = a.optimizer
+        owns = [a.optimizer for a in agents]
+        for i, (a, own) in enumerate(zip(agents, owns)):
             a.optimizer = SeedOptimizer(self.optimizer, i, [(seeds[i][n], self.params[n]) for n in names], own)
+        siblings = [a.optimizer for a in agents]
+        for a, own in zip(agents, owns):
+            a.optimizer.siblings = siblings
             a.optimizer.adopt(own.state)  # a resumed seed's loaded state moves into its slice
         self.trained = [n for n in names if self.params[n].requires_grad]
         self.penalties = [[_Penalty(a.model, p) for p in a.penalties] for a in agents]
@@ -291,6 +299,10 @@ class SeedOptimizer:
         self._own_groups = [{k: g[k] for k in IMPLEMENTATION_KEYS if k in g} for g in own.param_groups]
         self._stack_of = {id(p): s for p, s in pairs}
         self._own_of = {id(s): p for p, s in pairs}
+        self.behind: dict[int, float] = {}
+        """Per stacked tensor: how many of the stack's steps (its per-tensor ``step``) this seed sat out."""
+        self.siblings: list[SeedOptimizer] = [self]
+        """Every seed's optimizer of the stack (set by the stack): adopting a larger count moves their offsets."""
 
     @property
     def param_groups(self) -> list[_GroupView]:
@@ -342,8 +354,27 @@ class SeedOptimizer:
                     if key not in target:
                         target[key] = torch.zeros_like(stacked, dtype=value.dtype)
                     target[key][self.index].copy_(value)
-                else:  # a per-tensor value (Adam's step): the same for every seed of the group
+                elif key == "step" and key in target:  # seeds' counts may differ (agents/idle.py)
+                    self._adopt_count(stacked, target, value)
+                else:  # a per-tensor value (NAdam's mu_product): the same for every seed of the group
                     target[key] = value.clone() if isinstance(value, torch.Tensor) else value
+
+    def _adopt_count(self, stacked: torch.Tensor, target: dict[str, Any], value: Any) -> None:
+        """The stack keeps the largest of its seeds' step counts; each seed, its offset from it (``behind``)."""
+        top = max(float(target["step"]), float(value))
+        raised = top - float(target["step"])
+        if raised:
+            target["step"] = value.clone() if isinstance(value, torch.Tensor) else value
+            for other in self.siblings:
+                if other is not self:
+                    other.behind[id(stacked)] = other.behind.get(id(stacked), 0.0) + raised
+        self.behind[id(stacked)] = top - float(value)
+
+    def sat_out(self) -> None:
+        """This seed sat out the stack's last step (agents/idle.py): its own count of every tensor that stepped stays."""
+        for _, stacked in self.pairs:
+            if stacked.grad is not None:
+                self.behind[id(stacked)] = self.behind.get(id(stacked), 0.0) + 1
 
 
 class SeedState(Mapping):
@@ -361,7 +392,9 @@ class SeedState(Mapping):
         if found is None:
             return {}
         stacked, state = found
-        return {k: v[self.opt.index] if _per_entry(k, v, stacked) else v for k, v in state.items()}
+        behind = self.opt.behind.get(id(stacked), 0.0)
+        return {k: v[self.opt.index] if _per_entry(k, v, stacked) else v - behind if k == "step" and behind else v
+                for k, v in state.items()}
 
     def __getitem__(self, param: torch.Tensor) -> dict[str, Any]:
         entries = self._entries(param)

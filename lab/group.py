@@ -183,15 +183,10 @@ def _build(cfg: DictConfig, seeds: list[int] | None) -> tuple[list[BuiltRun], li
         built.append(build_run(OmegaConf.merge(cfg, {"seed": s, "seeds": None, "out_dir": None})))
         states.append(checkpoint.rng_state())
     tasks = range(built[0].stream.num_tasks) if built[0].stream.train_sizes is not None else [0]
-    for k in tasks:  # lock-step needs every seed's task k to be as large (shuffled task orders may differ)
-        sizes = {b.stream.train_size(k) for b in built}
-        if len(sizes) > 1:
-            raise ConfigError("seeds", seeds, f"streams whose tasks have the same size for every seed (task {k + 1} "
-                              f"has {sorted(sizes)} examples; on the embedded subset data.split=stratified makes "
-                              "every class as large); or run the seeds as a sweep: lab run --multirun seed="
-                              + ",".join(map(str, seeds)))
+    # seeds whose task k differ in size (shuffled task orders) sit out steps in turn (agents/idle.py)
+    ragged = any(len({b.stream.train_size(k) for b in built}) > 1 for k in tasks)
     if not all(isinstance(b.agent, FusedAgent) for b in built):
-        why = vmap_reason(built[0].agent, built[0].hooks.drops_optimizer_state or bool(cfg.train.new_head))
+        why = vmap_reason(built[0].agent, built[0].hooks.drops_optimizer_state or bool(cfg.train.new_head), ragged)
         if why is not None:
             raise ConfigError("seeds", seeds, f"a run vectorised seeds support (this one has {why}); run the seeds "
                               "as a sweep instead: lab run --multirun seed=" + ",".join(map(str, seeds)))

@@ -27,6 +27,7 @@ from omegaconf import DictConfig
 from plasticity_lab.agents import Agent, StepInfo
 from plasticity_lab.agents.agent import WholeTaskAgent
 from plasticity_lab.agents.fused import FusedAgent
+from plasticity_lab.agents.idle import sitting_out
 from plasticity_lab.agents.stacked import StackedStep
 from plasticity_lab.agents.vmapped import VmapStep
 from plasticity_lab.agents.cuda_graph import graphed
@@ -135,7 +136,7 @@ def train(group: RunGroup, stop: StopRequest) -> list[dict[str, Any]]:
     cfg, stream, first = ctxs[0].cfg, ctxs[0].stream, group.next_task
     whole_task = isinstance(ctxs[0].agent, WholeTaskAgent)
     step = None if whole_task else group_step(ctxs)
-    sizes = task_examples(ctxs[0], first)
+    sizes = [round(sum(k) / len(ctxs)) for k in zip(*(task_examples(c, first) for c in ctxs))]  # per run, on average
     progress = Progress(stream.num_tasks, sizes, first, cfg.progress, progress_metric(stream), runs=len(ctxs))
     k = first
     try:
@@ -204,39 +205,51 @@ def train_task(ctxs: list[RunContext], tasks: list[Task], step: AgentStep | Stac
                ) -> list[tuple[float, float, int]]:
     """The hot loop: every run's epochs over its task, one group step per
     batch, from ``position`` (where a stopped group left the task) or the
-    start. Returns each run's (correct, summed loss, examples), read once;
-    raises StopAt after the step a stop was requested in."""
-    cfg, device = ctxs[0].cfg, ctxs[0].device
-    bs, log_every, augment = cfg.train.batch_size, cfg.train.log_every, ctxs[0].stream.augment
-    n, epochs = tasks[0].num_train, cfg.train.epochs
-    end = n - n % bs if cfg.train.drop_last else n  # drop_last: no final batch smaller than the rest
-    if any(t.num_train != n for t in tasks):
-        raise ConfigError("seeds", [c.cfg.seed for c in ctxs], "streams whose tasks have the same size for every seed")
+    start. Where runs' tasks differ in size, a run without a batch (or with a
+    smaller last one) sits the others' step out (agents/idle.py) and logs at
+    its own steps. Returns each run's (correct, summed loss, examples), read
+    once; raises StopAt after the step a stop was requested in."""
+    cfg, device, n = ctxs[0].cfg, ctxs[0].device, len(ctxs)
+    bs, log_every, augment, epochs = cfg.train.batch_size, cfg.train.log_every, ctxs[0].stream.augment, cfg.train.epochs
+    # drop_last: no final batch smaller than the rest
+    ends = [t.num_train - t.num_train % bs if cfg.train.drop_last else t.num_train for t in tasks]
+    end, everyone = max(ends), list(range(n))
     before = any(c.hooks.before_step for c in ctxs) or augment is not None
-    at = position or {"epoch": 0, "batch": 0, "seen": 0, "correct": [0] * len(ctxs), "loss": [0.0] * len(ctxs),
-                      "read": [[0] * len(ctxs), [0.0] * len(ctxs), 0], "seconds": 0.0}
+    at = _position(position, n)
     correct = torch.tensor(at["correct"], dtype=torch.long, device=device)
     loss_sum = torch.tensor(at["loss"], dtype=torch.float32, device=device)
-    seen, read = at["seen"], (list(at["read"][0]), list(at["read"][1]), at["read"][2])
+    seen, read = list(at["seen"]), (list(at["read"][0]), list(at["read"][1]), list(at["read"][2]))
     t0 = time.perf_counter()
     for epoch in range(at["epoch"], epochs):
-        xs, ys = _epoch_data(ctxs, tasks, epoch, device)
+        xs, ys = _epoch_data(ctxs, tasks, epoch, device, end)
         for i in range(at["batch"] if epoch == at["epoch"] else 0, end, bs):
-            xb, yb = xs[:, i:i + bs], ys[:, i:i + bs]
-            if before:
-                xb = _before_step(ctxs, generators, xb, yb, augment)
-            loss, corr, info = step(xb, yb)
-            correct.add_(corr)
-            loss_sum.add_(loss, alpha=yb.shape[1])
-            for j, ctx in enumerate(ctxs):
-                if ctx.hooks.after_step:
-                    with generators.own(j, full=False):
-                        for h in ctx.hooks.after_step:
-                            emit_record(ctx, tasks[j].id, h(ctx.agent, info(j)))
-                ctx.step += 1
-            seen += yb.shape[1]
-            if ctxs[0].step % log_every == 0:
-                read = _log_windows(ctxs, tasks, correct, loss_sum, seen, read, progress)
+            for b, active in _shares(ends, i, bs, everyone):
+                xb, yb = xs[:, i:i + b], ys[:, i:i + b]
+                if before:
+                    xb = _before_step(ctxs, generators, xb, yb, augment, active)
+                if len(active) == n:
+                    loss, corr, info = step(xb, yb)
+                    correct.add_(corr)
+                    loss_sum.add_(loss, alpha=b)
+                else:
+                    with sitting_out([ctxs[j].agent for j in everyone if j not in active], step.flush):
+                        loss, corr, info = step(xb, yb)
+                    on = torch.zeros(n, dtype=torch.bool).index_fill_(0, torch.tensor(active), True).to(device)
+                    correct.add_(torch.where(on, corr, 0))
+                    loss_sum.add_(torch.where(on, loss * b, 0.0))
+                due = []
+                for j in active:
+                    ctx = ctxs[j]
+                    if ctx.hooks.after_step:
+                        with generators.own(j, full=False):
+                            for h in ctx.hooks.after_step:
+                                emit_record(ctx, tasks[j].id, h(ctx.agent, info(j)))
+                    ctx.step += 1
+                    seen[j] += b
+                    if ctx.step % log_every == 0:
+                        due.append(j)
+                if due:
+                    read = _log_windows(ctxs, tasks, correct, loss_sum, seen, read, progress, due)
             if stop.signum is not None:
                 nxt = (epoch, i + bs) if i + bs < end else (epoch + 1, 0)
                 if nxt[0] < epochs:
@@ -245,48 +258,81 @@ def train_task(ctxs: list[RunContext], tasks: list[Task], step: AgentStep | Stac
                         "loss": loss_sum.tolist(), "read": [read[0], read[1], read[2]],
                         "seconds": at["seconds"] + time.perf_counter() - t0})
     step.flush()
-    read = _log_windows(ctxs, tasks, correct, loss_sum, seen, read, progress, record=False)
-    return [(c, l, seen) for c, l in zip(read[0], read[1])]
+    read = _log_windows(ctxs, tasks, correct, loss_sum, seen, read, progress, everyone, record=False)
+    return [(c, l, s) for c, l, s in zip(read[0], read[1], seen)]
 
 
-def _epoch_data(ctxs: list[RunContext], tasks: list[Task], epoch: int, device: torch.device
+def _position(position: dict[str, Any] | None, n: int) -> dict[str, Any]:
+    """Where the loop starts in a task: ``position`` as a stopped group saved
+    it (per-run example counts; one shared count in checkpoints written before
+    runs could differ), or the task's start."""
+    if position is None:
+        return {"epoch": 0, "batch": 0, "seen": [0] * n, "correct": [0] * n, "loss": [0.0] * n,
+                "read": [[0] * n, [0.0] * n, [0] * n], "seconds": 0.0}
+    seen, (c, l, last) = position["seen"], position["read"]
+    return {**position, "seen": seen if isinstance(seen, list) else [seen] * n,
+            "read": [c, l, last if isinstance(last, list) else [last] * n]}
+
+
+def _shares(ends: list[int], i: int, bs: int, everyone: list[int]) -> list[tuple[int, list[int]]]:
+    """The steps of the batch starting at example ``i``: (batch size, runs
+    taking it). One step for all runs, unless their tasks (ending at ``ends``)
+    differ in size: then one step per distinct batch size, the others idle."""
+    sizes = [min(bs, e - i) for e in ends]
+    if min(sizes) == max(sizes):
+        return [(sizes[0], everyone)]
+    return [(b, [j for j, s in enumerate(sizes) if s == b]) for b in sorted({s for s in sizes if s > 0}, reverse=True)]
+
+
+def _epoch_data(ctxs: list[RunContext], tasks: list[Task], epoch: int, device: torch.device, end: int
                 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Every run's task tensors in its own epoch order, as (N, n, ...) tensors."""
+    """Every run's task tensors in its own epoch order, as (N, n, ...) tensors;
+    a run whose task is smaller than the longest (``end`` examples) is padded
+    with its own first examples, which it never trains on (it sits those steps out)."""
     orders = [epoch_order(c.cfg.seed, t.id, epoch, t.num_train).to(device) for c, t in zip(ctxs, tasks)]
     if len(tasks) == 1:
         return tasks[0].x_train[orders[0]][None], tasks[0].y_train[orders[0]][None]
+    size = max(end, *(len(o) for o in orders))
+    orders = [o if len(o) == size else o[torch.arange(size, device=device) % len(o)] for o in orders]
     return (torch.stack([t.x_train[o] for t, o in zip(tasks, orders)]),
             torch.stack([t.y_train[o] for t, o in zip(tasks, orders)]))
 
 
 def _before_step(ctxs: list[RunContext], generators: SeedGenerators, xb: torch.Tensor, yb: torch.Tensor,
-                 augment: Any) -> torch.Tensor:
-    """Each run's augmentation and ``before_step`` hooks, with its own generators."""
+                 augment: Any, active: list[int]) -> torch.Tensor:
+    """Each active run's augmentation and ``before_step`` hooks, with its own
+    generators (an idle run draws nothing: its batch is not trained on)."""
     out = []
     for j, ctx in enumerate(ctxs):
-        with generators.own(j, full=False):
-            x = augment(xb[j]) if augment is not None else xb[j]
-            for h in ctx.hooks.before_step:
-                h(ctx.agent, x, yb[j])
+        x = xb[j]
+        if j in active:
+            with generators.own(j, full=False):
+                x = augment(x) if augment is not None else x
+                for h in ctx.hooks.before_step:
+                    h(ctx.agent, x, yb[j])
         out.append(x)
     return torch.stack(out) if augment is not None else xb
 
 
-def _log_windows(ctxs: list[RunContext], tasks: list[Task], correct: torch.Tensor, loss_sum: torch.Tensor, seen: int,
-                 read: tuple[list[int], list[float], int], progress: Progress,
-                 record: bool = True) -> tuple[list[int], list[float], int]:
+def _log_windows(ctxs: list[RunContext], tasks: list[Task], correct: torch.Tensor, loss_sum: torch.Tensor,
+                 seen: list[int], read: tuple[list[int], list[float], list[int]], progress: Progress,
+                 due: list[int], record: bool = True) -> tuple[list[int], list[float], list[int]]:
     """Read every run's accumulators with one device sync, check the losses
-    are finite and emit each run's window record. Returns the new read-out."""
+    are finite and emit the window record of each run in ``due``. Returns the new read-out."""
     c, l = correct.tolist(), loss_sum.tolist()
     for ctx, task, loss in zip(ctxs, tasks, l):
         check_finite(ctx, loss, task.id)
-    dn = seen - read[2]
-    if dn:
-        progress.advance(dn * len(ctxs), tasks[0].id)
-        if record:
-            for ctx, task, ci, li, c0, l0 in zip(ctxs, tasks, c, l, read[0], read[1]):
-                emit_record(ctx, task.id, {"train/loss": (li - l0) / dn, "train/online_acc": (ci - c0) / dn})
-    return c, l, seen
+    cs, ls, last = list(read[0]), list(read[1]), list(read[2])
+    trained = 0
+    for j in due:
+        dn = seen[j] - last[j]
+        if dn and record:
+            emit_record(ctxs[j], tasks[j].id, {"train/loss": (l[j] - ls[j]) / dn, "train/online_acc": (c[j] - cs[j]) / dn})
+        trained += dn
+        cs[j], ls[j], last[j] = c[j], l[j], seen[j]
+    if trained:
+        progress.advance(trained, tasks[0].id)
+    return cs, ls, last
 
 
 def train_whole_task(ctx: RunContext, task: Task, progress: Progress, stop: StopRequest) -> tuple[float, float, int]:

@@ -328,10 +328,10 @@ def test_an_old_sweep_keeps_its_job_folders_when_resumed(tmp_path, capsys, monke
 
 def test_checks_that_used_to_fail_after_the_run_directory_was_written(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    # shuffled task orders give seeds tasks of different sizes: no lock-step
-    assert main(["run", *QUIET, "experiment=split_mnist", "stream.task_order=shuffled", "seeds=[0,1,2]",
-                 "out_dir=g"]) == 2
-    assert "same size for every seed" in capsys.readouterr().err and not (tmp_path / "g").exists()
+    # shuffled task orders give seeds tasks of different sizes: a seed sitting out a step cannot keep Adam's count
+    assert main(["run", *QUIET, "experiment=split_mnist", "stream.task_order=shuffled", "agent.optimizer.name=adam",
+                 "seeds=[0,1,2]", "out_dir=g"]) == 2
+    assert "tasks of different sizes" in capsys.readouterr().err and not (tmp_path / "g").exists()
     assert main(["run", *QUIET, *TINY, "train.drop_last=true", "train.batch_size=512", "out_dir=d"]) == 2
     assert "drop_last" in capsys.readouterr().err and not (tmp_path / "d").exists()
 

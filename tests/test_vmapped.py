@@ -107,6 +107,53 @@ def test_each_vmapped_seed_equals_its_run_alone(name, image_dirs, compose, tmp_p
     assert many[0]["online_loss"] != many[1]["online_loss"]
 
 
+RAGGED = ["wandb.enabled=false", "progress=off", "experiment=split_mnist", "stream.task_order=shuffled",
+          "stream.num_tasks=3", "agent.hidden=[32]", "metrics.probe_every=0", "metrics.hessian_every=0",
+          "train.log_every=8"]
+"""Split MNIST with the tasks shuffled per seed, on the embedded subset whose digits differ in size:
+seeds 0 and 1 get tasks of different sizes (checked in the test), so each sits out steps of the other."""
+
+RAGGED_SETUPS = {
+    "vmap": [*RAGGED, "agent.optimizer.name=adagrad", "agent.optimizer.lr=0.01", "activation=hard_ash",
+             "interventions=[redo]", "interventions.redo.period=7", "interventions.redo.tau=0.5",
+             "interventions.redo.probe_size=32"],
+    "fused": [*RAGGED, "agent.optimizer.lr=0.05", "interventions=[cbp]", "interventions.cbp.replacement_rate=0.01",
+              "interventions.cbp.maturity_threshold=20"],
+}
+
+
+@pytest.mark.parametrize("path", ["vmap", "fused"])
+def test_seeds_whose_tasks_differ_in_size_each_equal_their_run_alone(path, compose, tmp_path):
+    """A seed without a batch, or with a smaller last one, sits the others' step out (agents/idle.py):
+    weights, every record, the accuracy matrix and the optimizer state (Adagrad's own step count
+    included) equal the seed alone, to the tolerances of the module docstring."""
+    from plasticity_lab.lab.loop import run
+    from plasticity_lab.lab.runner import build_run
+
+    overrides = RAGGED_SETUPS[path]
+    streams = [build_run(compose([*overrides, f"seed={s}"])).stream for s in (0, 1)]
+    sizes = [[st.train_size(k) for k in range(3)] for st in streams]
+    assert sizes[0] != sizes[1] and all(n % 16 for n in sizes[0])  # seeds' tasks differ; last batches are partial
+    many = run(compose([*overrides, "seeds=[0,1]"]), tmp_path / "many")
+    assert [s["step_path"] for s in many] == [path] * 2
+    for s, summary in zip([0, 1], many):
+        (alone,) = run(compose([*overrides, f"seed={s}"]), tmp_path / f"alone{s}")
+        seed_dir = tmp_path / "many" / f"seed_{s}"
+        mine, theirs = run_state(seed_dir)["agent"], run_state(tmp_path / f"alone{s}")["agent"]
+        for k, v in theirs["model"].items():
+            assert torch.allclose(v.float(), mine["model"][k].float(), rtol=1e-4, atol=1e-4), (s, k)
+        for k, entries in theirs["optimizer"]["state"].items():
+            for key, value in entries.items():
+                if key == "step":  # a count: exact, though the stack stepped more often than this seed
+                    assert float(mine["optimizer"]["state"][k][key]) == float(value), (s, k)
+                else:
+                    assert torch.allclose(value, mine["optimizer"]["state"][k][key], rtol=1e-2, atol=1e-4), (s, k)
+        for row, row_alone in zip(summary["acc_matrix"], alone["acc_matrix"]):
+            assert [v for v in row if v is not None] == pytest.approx([v for v in row_alone if v is not None], abs=0.01)
+        assert summary["online_loss"] == pytest.approx(alone["online_loss"], rel=1e-4)
+        assert_close_records(records(seed_dir / "metrics.jsonl"), records(tmp_path / f"alone{s}/metrics.jsonl"))
+
+
 def test_a_unit_reset_clears_one_seed_s_slice_of_the_stacked_state(compose):
     """Clearing seed 1's unit entries in Adam's stacked moments leaves seed 0's alone."""
     from plasticity_lab.agents.interventions.units import reset_units
@@ -131,33 +178,55 @@ def test_a_unit_reset_clears_one_seed_s_slice_of_the_stacked_state(compose):
     assert w_in.untyped_storage().data_ptr() == step.params["layers.0.weight"].untyped_storage().data_ptr()
 
 
-def test_interrupted_vmapped_seeds_resume_to_the_same_end(compose, tmp_path, monkeypatch):
+@pytest.mark.parametrize("setup", ["adam", "ragged_adagrad"])
+def test_interrupted_vmapped_seeds_resume_to_the_same_end(setup, compose, tmp_path, monkeypatch):
     """A group stopped inside a task resumes from its checkpoint (each seed's optimizer state moved
     back into the stack) to the end an uninterrupted group reaches: the same process and group
-    shape, so exactly equal."""
+    shape, so exactly equal. Seeds whose tasks differ in size stop where one has run out of
+    batches and the other has not, with step counts that differ."""
     import signal
 
     import plasticity_lab.lab.loop as loop
     from plasticity_lab.lab.loop import run
 
-    cfg = compose([*MLP, "agent.optimizer.name=adam", "agent.optimizer.lr=0.003", "seeds=[3,4]"])
+    if setup == "adam":
+        cfg = compose([*MLP, "agent.optimizer.name=adam", "agent.optimizer.lr=0.003", "seeds=[3,4]"])
+    else:
+        cfg = compose([*RAGGED_SETUPS["vmap"], "seeds=[3,4]"])
     run(cfg, tmp_path / "whole")
     real = loop.train_task
 
     def term_in_task_2(ctxs, tasks, step, generators, progress, stop, position=None):
         if tasks[0].id == 1 and position is None:
-            stop.signum = signal.SIGTERM  # what the handler sets when SIGTERM arrives: stop after this step
+            sizes = [t.num_train for t in tasks]
+            if min(sizes) != max(sizes):  # stop after the first step the shorter task has no batch for
+                real_shares = loop._shares
+
+                def shares(ends, i, bs, everyone):
+                    out = real_shares(ends, i, bs, everyone)
+                    if len(out[0][1]) < len(everyone):
+                        stop.signum = signal.SIGTERM
+                    return out
+
+                monkeypatch.setattr(loop, "_shares", shares)
+            else:
+                stop.signum = signal.SIGTERM  # what the handler sets when SIGTERM arrives: stop after this step
         return real(ctxs, tasks, step, generators, progress, stop, position)
 
     monkeypatch.setattr(loop, "train_task", term_in_task_2)
     with pytest.raises(Stopped, match="stopped.*task 2/3"):
         run(cfg, tmp_path / "cut")
-    monkeypatch.setattr(loop, "train_task", real)
+    monkeypatch.undo()
     run(cfg, tmp_path / "cut", resume=True)
     for s in (3, 4):
         whole, cut = run_weights(tmp_path / f"whole/seed_{s}"), run_weights(tmp_path / f"cut/seed_{s}")
         for k, v in whole.items():
             assert torch.equal(v, cut[k]), (s, k, (v - cut[k]).abs().max())
+        opt_whole = run_state(tmp_path / f"whole/seed_{s}")["agent"]["optimizer"]["state"]
+        opt_cut = run_state(tmp_path / f"cut/seed_{s}")["agent"]["optimizer"]["state"]
+        for k, entries in opt_whole.items():  # moments and each seed's own step count
+            for key, value in entries.items():
+                assert torch.equal(torch.as_tensor(value), torch.as_tensor(opt_cut[k][key])), (s, k, key)
         assert records(tmp_path / f"cut/seed_{s}/metrics.jsonl") == records(tmp_path / f"whole/seed_{s}/metrics.jsonl")
 
 
