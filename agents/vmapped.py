@@ -27,6 +27,7 @@ matrix product is not bit-identical to the single one on every kernel.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, MutableMapping
+from contextlib import nullcontext
 from typing import Any, Callable
 
 import torch
@@ -34,6 +35,7 @@ from torch import nn
 from torch.func import functional_call, vmap
 
 from plasticity_lab.agents.agent import Agent, StackedMasks, StepInfo
+from plasticity_lab.agents.linear_grad import WeightLayoutLinear
 
 ELEMENTWISE = (torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW, torch.optim.Adagrad, torch.optim.RMSprop,
                torch.optim.Adamax, torch.optim.NAdam, torch.optim.RAdam, torch.optim.Adadelta)
@@ -150,6 +152,9 @@ class VmapStep:
         self.masks = StackedMasks(agents)
         """(N, out) head masks of the seeds (None when no seed masks its logits)."""
         self.batched = batches_seeds(first.model) if batched is None else batched
+        on_cpu = next(iter(self.params.values())).device.type == "cpu"
+        self.layout = WeightLayoutLinear if self.batched and on_cpu else nullcontext
+        """Linear weight gradients in the weights' layout where the fused CPU optimizer would need a copy (agents/linear_grad.py)."""
         self._forward = vmap(self._seed_forward, in_dims=(0, 0, 0, 0, 0), randomness="error")
         self._forward_unmasked = vmap(self._seed_forward, in_dims=(0, 0, 0, 0, None), randomness="error")
 
@@ -185,7 +190,8 @@ class VmapStep:
             forward = self._forward_each
         else:
             forward = self._forward_unmasked if mask is None else self._forward
-        loss, logits, feats = forward(self.params, self.buffers, x, y, mask)
+        with self.layout():
+            loss, logits, feats = forward(self.params, self.buffers, x, y, mask)
         total = loss.sum()
         if any(self.penalties):
             total = total + self._penalties()
