@@ -64,6 +64,23 @@ class LayerUtility:
         """1 - eta^age per unit: the bias correction of the running averages."""
         return torch.rsub(self.decay_power, 1.0).to(dtype)
 
+    @classmethod
+    def joined(cls, layers: list["LayerUtility"]) -> tuple["LayerUtility", list["LayerUtility"]]:
+        """One state for all ``layers``' units end to end, and each layer's
+        state as views of its slice of it (what a checkpoint and a replacement
+        read and write): the per-step averages then run as one elementwise op
+        for all layers, not one per layer, which is most of continual
+        backprop's cost at batch 1 (Python and kernel-launch overhead)."""
+        whole = cls(torch.cat([s.util for s in layers]), torch.cat([s.mean_feature for s in layers]),
+                    np.concatenate([s.ages for s in layers]), torch.cat([s.decay_power for s in layers]))
+        views, start = [], 0
+        for s in layers:
+            end = start + len(s.ages)
+            views.append(cls(whole.util[start:end], whole.mean_feature[start:end], whole.ages[start:end],
+                             whole.decay_power[start:end], s.accumulated))
+            start = end
+        return whole, views
+
 
 @interventions.register("cbp")
 @dataclass
@@ -80,6 +97,7 @@ class ContinualBackprop(Intervention):
     accumulate: bool = True
     next_bias_correction: bool = False
     layers: list = field(default_factory=list, init=False, repr=False)
+    _whole: LayerUtility | None = field(default=None, init=False, repr=False)
     _mags: WeightMagnitudes = field(default_factory=lambda: WeightMagnitudes(), init=False, repr=False)
     _units: list | None = field(default=None, init=False, repr=False)
 
@@ -98,13 +116,14 @@ class ContinualBackprop(Intervention):
         return self.util_type != "random"
 
     def on_run_start(self, agent: Agent) -> None:
-        self.layers = []
+        layers = []
         for layer in agent.model.unit_layers():
             h = layer.incoming.weight.shape[0]
             device = layer.incoming.weight.device
             zeros = lambda: torch.zeros(h, device=device)
             ones = torch.ones(h, dtype=torch.float64, device=device)
-            self.layers.append(LayerUtility(zeros(), zeros(), np.zeros(h, dtype=np.int64), ones))
+            layers.append(LayerUtility(zeros(), zeros(), np.zeros(h, dtype=np.int64), ones))
+        self._whole, self.layers = LayerUtility.joined(layers)
 
     @torch.no_grad()
     def after_step(self, agent: Agent, info: StepInfo) -> dict | None:
@@ -113,32 +132,41 @@ class ContinualBackprop(Intervention):
         self._mags.new_step(info.weight_abs_sums, agent.model.layers)
         if self._units is None:
             self._units = agent.model.unit_layers()
-        replaced = {}
-        for layer, state, h in zip(self._units, self.layers, info.features):
-            chosen = self._update_and_choose(layer, state, h)
+        h = [per_unit(f, s.util.shape[0]) for f, s in zip(info.features, self.layers)]
+        f_hat, correction = self._update(torch.cat(h, 1) if len(h) > 1 else h[0])
+        replaced, start = {}, 0
+        for layer, state in zip(self._units, self.layers):
+            end = start + state.util.shape[0]
+            chosen = self._choose(state, correction[start:end])
             if chosen is not None:
+                self._f_hat = f_hat[start:end]
                 self._replace(agent, layer, state, chosen)
                 replaced[f"cbp/replaced/{layer.name}"] = len(chosen)
+            start = end
         return replaced or None
 
-    def _update_and_choose(self, layer, state: LayerUtility, h: torch.Tensor) -> torch.Tensor | None:
-        eta = self.decay_rate
-        h = per_unit(h, state.util.shape[0])
-        state.ages += 1
-        state.decay_power.mul_(eta)
-        state.mean_feature.mul_(eta).add_(h[0] if h.shape[0] == 1 else h.mean(0), alpha=1 - eta)
-        correction = state.correction(h.dtype)
-        f_hat = state.mean_feature / correction
+    def _update(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Steps 1-3 for every layer's units at once (``h``: (batch, all units));
+        returns f̂ and the bias correction 1 - eta^age."""
+        eta, whole = self.decay_rate, self._whole
+        whole.ages += 1
+        whole.decay_power.mul_(eta)
+        whole.mean_feature.mul_(eta).add_(h[0] if h.shape[0] == 1 else h.mean(0), alpha=1 - eta)
+        correction = whole.correction(h.dtype)
+        f_hat = whole.mean_feature / correction
+        if self.util_type != "random":
+            whole.util.mul_(eta).add_(self._instant_utility(h, f_hat), alpha=1 - eta)
+        return f_hat, correction
+
+    def _choose(self, state: LayerUtility, correction: torch.Tensor) -> torch.Tensor | None:
+        """Step 4-5's choice in one layer: the k eligible units of smallest û (None: none this step)."""
         if self.util_type == "random":  # drawn every step, as the reference code does
             u_hat = torch.rand_like(state.util)
-        else:
-            state.util.mul_(eta).add_(self._instant_utility(layer, h, f_hat), alpha=1 - eta)
         k, mature = self._how_many(state)
         if k == 0:
             return None
         if self.util_type != "random":
             u_hat = state.util / correction  # bias-corrected only when it decides something
-        self._f_hat = f_hat
         eligible = torch.as_tensor(np.flatnonzero(mature), device=u_hat.device)
         order = torch.topk(-u_hat[eligible], k).indices
         return eligible[order]
@@ -158,11 +186,14 @@ class ContinualBackprop(Intervention):
             k = int(n) if n >= 1 else int(torch.rand(()) < n)
         return min(k, count), mature
 
-    def _instant_utility(self, layer, h: torch.Tensor, f_hat: torch.Tensor) -> torch.Tensor:
+    def _instant_utility(self, h: torch.Tensor, f_hat: torch.Tensor) -> torch.Tensor:
+        """y_j of every layer's units (step 3), with the layers' |W| means end to end."""
         kind = self.util_type
-        out_mag = self._mags.outgoing(layer) if kind not in ("feature_by_input", "adaptation") else None
-        in_mag = self._mags.incoming(layer) if kind in (
-            "adaptable_contribution", "feature_by_input", "adaptation") else None
+        cat = lambda parts: torch.cat(parts) if len(parts) > 1 else parts[0]
+        out_mag = (cat([self._mags.outgoing(layer) for layer in self._units])
+                   if kind not in ("feature_by_input", "adaptation") else None)
+        in_mag = (cat([self._mags.incoming(layer) for layer in self._units])
+                  if kind in ("adaptable_contribution", "feature_by_input", "adaptation") else None)
         if kind == "contribution":
             return out_mag * (h[0].abs() if h.shape[0] == 1 else h.abs().mean(0))
         if kind == "weight":
@@ -191,10 +222,11 @@ class ContinualBackprop(Intervention):
                             "accumulated": s.accumulated} for s in self.layers]}
 
     def load_state_dict(self, state: dict) -> None:
-        self.layers = []
+        layers = []
         for s in state["layers"]:
             age = s["age"]
             power = s.get("decay_power")  # absent from checkpoints written before it was kept
             power = self.decay_rate ** age.double() if power is None else power
-            self.layers.append(LayerUtility(s["util"], s["mean_feature"], age.cpu().numpy().copy(), power,
-                                            s["accumulated"]))
+            layers.append(LayerUtility(s["util"], s["mean_feature"], age.cpu().numpy().copy(), power,
+                                       s["accumulated"]))
+        self._whole, self.layers = LayerUtility.joined(layers)
