@@ -52,9 +52,14 @@ class WeightLayoutLinear(TorchFunctionMode):
     def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
         kwargs = kwargs or {}
         if func is F.linear:
-            x, w, *rest = args
-            return _Linear.apply(x, w, rest[0] if rest else kwargs.get("bias"))
+            return _Linear.apply(*_linear_args(*args, **kwargs))
         return func(*args, **kwargs)
+
+
+def _linear_args(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """``F.linear``'s arguments, however they were passed."""
+    return input, weight, bias
 
 
 __all__ = ["WeightLayoutLinear"]

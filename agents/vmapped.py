@@ -79,8 +79,9 @@ def vmap_reason(agent: Agent, drops_state: bool = False, sits_out: bool = False)
     if sits_out and counts:
         return (f"tasks of different sizes for different seeds with {type(opt).__name__}, whose update reads "
                 "a per-tensor step count that a seed sitting out a step cannot keep")
-    if drops_state and isinstance(opt, torch.optim.SGD) and any(g["dampening"] for g in opt.param_groups):
-        return "a reset with SGD dampening (its first step after a reset is undamped)"
+    if (drops_state or sits_out) and isinstance(opt, torch.optim.SGD) and any(g["dampening"] for g in opt.param_groups):
+        return ("SGD dampening with a reset or with tasks of different sizes for different seeds (its first step "
+                "after a dropped or not yet built state is undamped; a stacked state exists for every seed)")
     return None
 
 
@@ -386,9 +387,9 @@ class SeedOptimizer:
 class SeedState(Mapping):
     """``optimizer.state`` of one seed: per parameter, its slice of each per-entry state tensor.
     ``pop(param)`` (a full reset) clears the slice to the initial values (0; Adagrad's
-    ``sum`` to its initial accumulator) and keeps the per-tensor step count: what a
-    seed alone gets from a dropped state for the optimizers :func:`vmap_reason`
-    allows with such resets."""
+    ``sum`` to its initial accumulator) and restarts the seed's own step count (an
+    offset from the stack's, which the other seeds keep): what a seed alone gets
+    from a dropped state for the optimizers :func:`vmap_reason` allows with such resets."""
 
     def __init__(self, opt: SeedOptimizer):
         self.opt = opt
@@ -425,4 +426,7 @@ class SeedState(Mapping):
         for key, value in entries.items():
             if isinstance(value, torch.Tensor) and key not in PER_TENSOR_KEYS:
                 value.fill_(initial if key == "sum" else 0.0)
+        stacked, state = self.opt.slice_of(param)
+        if "step" in state:  # the seed's own count restarts, as a dropped state's does (read through ``behind``)
+            self.opt.behind[id(stacked)] = float(state["step"])
         return entries

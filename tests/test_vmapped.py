@@ -178,6 +178,48 @@ def test_a_unit_reset_clears_one_seed_s_slice_of_the_stacked_state(compose):
     assert w_in.untyped_storage().data_ptr() == step.params["layers.0.weight"].untyped_storage().data_ptr()
 
 
+def test_a_dropped_state_restarts_one_seed_s_step_count(compose):
+    """A reset drops a tensor's state (``state.pop``): the seed's own Adagrad step count restarts at 0,
+    as alone, while the stack's count and the other seed's go on."""
+    from plasticity_lab.lab.runner import build_run
+
+    agents = [build_run(compose([*MLP, "agent.optimizer.name=adagrad", f"seed={s}"])).agent for s in (0, 1)]
+    step = VmapStep(agents)
+    x, y = torch.randn(2, 4, 1, 28, 28), torch.randint(0, 10, (2, 4))
+    for _ in range(3):
+        step(x, y)
+    head0, head1 = agents[0].model.layers[-1].weight, agents[1].model.layers[-1].weight
+    agents[1].optimizer.state.pop(head1)
+    assert float(agents[1].optimizer.state[head1]["step"]) == 0 and float(agents[0].optimizer.state[head0]["step"]) == 3
+    assert agents[1].optimizer.state[head1]["sum"].abs().sum() == 0
+    step(x, y)
+    index = [p is head1 for p in agents[1].model.parameters()].index(True)
+    assert float(agents[1].optimizer.state_dict()["state"][index]["step"]) == 1  # its checkpoint: its own count
+    assert float(agents[0].optimizer.state[head0]["step"]) == 4
+
+
+def test_the_weight_layout_linear_is_f_linear_with_a_contiguous_weight_gradient():
+    """Under vmap, F.linear's weight gradient is a transposed view; inside WeightLayoutLinear it is
+    contiguous and equal to float rounding (the same products, another summation order), however
+    F.linear's arguments are passed."""
+    import torch.nn.functional as F
+    from torch.func import vmap
+
+    from plasticity_lab.agents.linear_grad import WeightLayoutLinear
+
+    x, w, b = torch.randn(3, 5, 7), torch.randn(3, 4, 7, requires_grad=True), torch.randn(3, 4, requires_grad=True)
+    calls = {"positional": lambda x, w, b: F.linear(x, w, b), "keywords": lambda x, w, b: F.linear(input=x, weight=w, bias=b)}
+    plain = torch.autograd.grad(vmap(calls["positional"])(x, w, b).square().sum(), [w, b])
+    assert plain[0].stride() != w.stride()
+    for name, call in calls.items():
+        with WeightLayoutLinear():
+            out = vmap(call)(x, w, b)
+        grads = torch.autograd.grad(out.square().sum(), [w, b])
+        assert grads[0].stride() == w.stride(), name
+        for g, g_plain in zip(grads, plain):  # float32 sums of 5 products: rounding only
+            assert torch.allclose(g, g_plain, rtol=1e-5, atol=1e-6), name
+
+
 @pytest.mark.parametrize("setup", ["adam", "ragged_adagrad"])
 def test_interrupted_vmapped_seeds_resume_to_the_same_end(setup, compose, tmp_path, monkeypatch):
     """A group stopped inside a task resumes from its checkpoint (each seed's optimizer state moved
@@ -237,6 +279,11 @@ def test_groups_vectorised_seeds_cannot_take_say_what_to_do_instead(compose, tmp
         run(compose([*MLP, "agent.optimizer.name=lbfgs", "seeds=[0,1]"]), tmp_path / "a")
     with pytest.raises(ConfigError, match="seeds.*restarts Adam's per-tensor step.*--multirun"):
         run(compose([*MLP, "agent.optimizer.name=adam", "interventions=[reset]", "seeds=[0,1]"]), tmp_path / "b")
+    with pytest.raises(ConfigError, match="seeds.*tasks of different sizes.*Adam.*--multirun"):
+        run(compose([*RAGGED, "agent.optimizer.name=adam", "seeds=[0,1]"]), tmp_path / "c")
+    with pytest.raises(ConfigError, match="seeds.*SGD dampening.*--multirun"):  # alone, its first step is undamped
+        run(compose([*RAGGED, "agent.optimizer.momentum=0.9", "+agent.optimizer.dampening=0.5", "seeds=[0,1]"]),
+            tmp_path / "d")
     net = torch.nn.Linear(2, 2)  # Adagrad's step count enters its update only through lr_decay
     assert vmap_reason(Agent(net, torch.optim.Adagrad(net.parameters(), lr_decay=0.1)), drops_state=True)
     assert vmap_reason(Agent(net, torch.optim.Adagrad(net.parameters())), drops_state=True) is None
