@@ -239,14 +239,15 @@ def test_a_group_killed_at_many_moments_resumes_as_a_group_to_the_uninterrupted_
     assert (tmp_path / "cut" / "finished.json").is_file()
 
 
-def test_the_wandb_run_holds_every_record_once_after_five_kills(tmp_path):
+def test_the_wandb_run_holds_every_record_once_after_three_kills(tmp_path):
     """W&B offline: each killed process leaves a segment that may miss what it
     had not flushed; the finished run's W&B files hold metrics.jsonl, every
     record exactly once, under one run id."""
     (tmp_path / "killer.py").write_text(KILLER)
     args = latest([*QUIET, "wandb.enabled=true", "plugins=[killer]", "interventions=[kill_at]", "stream.num_tasks=4",
                    "stream.examples_per_task=320", "agent.hidden=[16]", "train.log_every=5"])
-    kill_and_resume(tmp_path, args, ["end:1", "step:15", "start:2", "end:1", "step:30"], offline_env(tmp_path))
+    # a kill after a task's last step, one mid-task, one at a task's start (each leaves another W&B segment)
+    kill_and_resume(tmp_path, args, ["end:1", "step:15", "start:2"], offline_env(tmp_path))
     cut = tmp_path / "cut"
     assert len(list((cut / "wandb").glob("offline-run-*"))) == 1
     # the records of one step share a row (the last one's task field winning, as W&B merges them); the
