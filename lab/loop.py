@@ -214,6 +214,7 @@ def train_task(ctxs: list[RunContext], tasks: list[Task], step: AgentStep | Stac
     # drop_last: no final batch smaller than the rest
     ends = [t.num_train - t.num_train % bs if cfg.train.drop_last else t.num_train for t in tasks]
     end, everyone = max(ends), list(range(n))
+    together = [(bs, everyone)] if min(ends) == end else None  # every full batch of equal tasks: one step for all
     before = any(c.hooks.before_step for c in ctxs) or augment is not None
     at = _position(position, n)
     correct = torch.tensor(at["correct"], dtype=torch.long, device=device)
@@ -223,7 +224,7 @@ def train_task(ctxs: list[RunContext], tasks: list[Task], step: AgentStep | Stac
     for epoch in range(at["epoch"], epochs):
         xs, ys = _epoch_data(ctxs, tasks, epoch, device, end)
         for i in range(at["batch"] if epoch == at["epoch"] else 0, end, bs):
-            for b, active in _shares(ends, i, bs, everyone):
+            for b, active in together if together and i + bs <= end else _shares(ends, i, bs, everyone):
                 xb, yb = xs[:, i:i + b], ys[:, i:i + b]
                 if before:
                     xb = _before_step(ctxs, generators, xb, yb, augment, active)
