@@ -3,6 +3,7 @@ edits, foreign files. Real subprocesses, real signals, real files; every
 resumed run is compared with the same run uninterrupted."""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -342,9 +343,17 @@ def test_resume_refuses_edits_it_cannot_honour_and_applies_those_asked_for(tmp_p
     assert main(["resume", "cut"]) == 0 and "already finished" in capsys.readouterr().out
 
 
+@pytest.fixture(scope="module")
+def killed_in_task_2(tmp_path_factory) -> Path:
+    """One run SIGKILLed in its task 2, shared by the tests that damage a file of it (each damages its own copy)."""
+    root = tmp_path_factory.mktemp("killed")
+    start_and_kill_in_task(root, "cut", task=2)
+    return root / "cut"
+
+
 @pytest.mark.parametrize("damage", ["deleted", "truncated", "edited"])
-def test_a_damaged_metrics_jsonl_is_refused_not_half_rebuilt(damage, tmp_path):
-    start_and_kill_in_task(tmp_path, "cut", task=2)
+def test_a_damaged_metrics_jsonl_is_refused_not_half_rebuilt(damage, killed_in_task_2, tmp_path):
+    shutil.copytree(killed_in_task_2, tmp_path / "cut")
     log = tmp_path / "cut" / "metrics.jsonl"
     text = log.read_text()
     if damage == "deleted":
@@ -360,8 +369,8 @@ def test_a_damaged_metrics_jsonl_is_refused_not_half_rebuilt(damage, tmp_path):
 
 
 @pytest.mark.parametrize("damage", ["empty", "truncated", "code"])
-def test_a_corrupt_or_foreign_checkpoint_is_one_line_and_runs_nothing(damage, tmp_path):
-    start_and_kill_in_task(tmp_path, "cut", task=2)
+def test_a_corrupt_or_foreign_checkpoint_is_one_line_and_runs_nothing(damage, killed_in_task_2, tmp_path):
+    shutil.copytree(killed_in_task_2, tmp_path / "cut")
     ckpt = tmp_path / "cut" / "checkpoints" / "last.pt"
     marker = tmp_path / "pwned"
     if damage == "empty":
