@@ -235,7 +235,7 @@ def train_task(ctxs: list[RunContext], tasks: list[Task], step: AgentStep | Stac
                 else:
                     with sitting_out([ctxs[j].agent for j in everyone if j not in active], step.flush):
                         loss, corr, info = step(xb, yb)
-                    on = torch.zeros(n, dtype=torch.bool).index_fill_(0, torch.tensor(active), True).to(device)
+                    on = torch.tensor([j in active for j in everyone], device=device)
                     correct.add_(torch.where(on, corr, 0))
                     loss_sum.add_(torch.where(on, loss * b, 0.0))
                 due = []

@@ -82,6 +82,11 @@ class LayerUtility:
         return whole, views
 
 
+def _end_to_end(parts: list[torch.Tensor]) -> torch.Tensor:
+    """Per-layer unit tensors joined along their unit (last) dimension, in layer order (one layer: as it is)."""
+    return torch.cat(parts, -1) if len(parts) > 1 else parts[0]
+
+
 @interventions.register("cbp")
 @dataclass
 class ContinualBackprop(Intervention):
@@ -133,7 +138,7 @@ class ContinualBackprop(Intervention):
         if self._units is None:
             self._units = agent.model.unit_layers()
         h = [per_unit(f, s.util.shape[0]) for f, s in zip(info.features, self.layers)]
-        f_hat, correction = self._update(torch.cat(h, 1) if len(h) > 1 else h[0])
+        f_hat, correction = self._update(_end_to_end(h))
         replaced, start = {}, 0
         for layer, state in zip(self._units, self.layers):
             end = start + state.util.shape[0]
@@ -189,10 +194,9 @@ class ContinualBackprop(Intervention):
     def _instant_utility(self, h: torch.Tensor, f_hat: torch.Tensor) -> torch.Tensor:
         """y_j of every layer's units (step 3), with the layers' |W| means end to end."""
         kind = self.util_type
-        cat = lambda parts: torch.cat(parts) if len(parts) > 1 else parts[0]
-        out_mag = (cat([self._mags.outgoing(layer) for layer in self._units])
+        out_mag = (_end_to_end([self._mags.outgoing(layer) for layer in self._units])
                    if kind not in ("feature_by_input", "adaptation") else None)
-        in_mag = (cat([self._mags.incoming(layer) for layer in self._units])
+        in_mag = (_end_to_end([self._mags.incoming(layer) for layer in self._units])
                   if kind in ("adaptable_contribution", "feature_by_input", "adaptation") else None)
         if kind == "contribution":
             return out_mag * (h[0].abs() if h.shape[0] == 1 else h.abs().mean(0))
