@@ -82,13 +82,18 @@ void run(T* w, const T* d, const T* h, T lr, T f, T* rows, T* cols, T* g, int64_
 
 void update_abs_sums(torch::Tensor w, torch::Tensor d, torch::Tensor h, double lr, double f,
                      torch::Tensor rows, torch::Tensor cols, torch::Tensor g) {
-  TORCH_CHECK(w.dim() == 2 && w.is_contiguous() && d.is_contiguous() && h.is_contiguous(), "contiguous 2-d weights");
+  // w: (n, m) or (seeds, n, m) stacked; d, h, rows, cols, g: one row per seed, all contiguous.
+  TORCH_CHECK((w.dim() == 2 || w.dim() == 3) && w.is_contiguous() && d.is_contiguous() && h.is_contiguous() &&
+              rows.is_contiguous() && cols.is_contiguous() && g.is_contiguous(), "contiguous 2-d or 3-d weights");
   const bool back = g.numel() > 0;
+  const int64_t seeds = w.dim() == 3 ? w.size(0) : 1, n = w.size(-2), m = w.size(-1);
   AT_DISPATCH_FLOATING_TYPES(w.scalar_type(), "update_abs_sums", [&] {
     auto go = back ? run<scalar_t, true> : run<scalar_t, false>;
-    go(w.data_ptr<scalar_t>(), d.data_ptr<scalar_t>(), h.data_ptr<scalar_t>(), static_cast<scalar_t>(lr),
-       static_cast<scalar_t>(f), rows.data_ptr<scalar_t>(), cols.data_ptr<scalar_t>(),
-       back ? g.data_ptr<scalar_t>() : nullptr, w.size(0), w.size(1));
+    for (int64_t s = 0; s < seeds; ++s) {
+      go(w.data_ptr<scalar_t>() + s * n * m, d.data_ptr<scalar_t>() + s * n, h.data_ptr<scalar_t>() + s * m,
+         static_cast<scalar_t>(lr), static_cast<scalar_t>(f), rows.data_ptr<scalar_t>() + s * n,
+         cols.data_ptr<scalar_t>() + s * m, back ? g.data_ptr<scalar_t>() + s * m : nullptr, n, m);
+    }
   });
 }
 """
@@ -145,15 +150,22 @@ def update_with_abs_sums(w: torch.Tensor, d: torch.Tensor, h: torch.Tensor, lr: 
                          rows: torch.Tensor, cols: torch.Tensor, back: torch.Tensor | None = None) -> None:
     """``w <- factor w - lr outer(d, h)`` in place; ``rows``/``cols`` receive the
     row and column sums of the new ``|w|``, and ``back`` (if given) the
-    backward product ``d @ w`` with the old ``w`` (all tensors 1-d but ``w``)."""
+    backward product ``d @ w`` with the old ``w``. ``w`` is one matrix (the
+    vectors 1-d) or N stacked seeds' (N, out, in) (the vectors (N, len)): the
+    kernel then does each seed's pass in one call, the same arithmetic as N calls."""
     k = kernel() if w.device.type == "cpu" and w.is_contiguous() else None
     if k is not None:
         k.update_abs_sums(w, d.contiguous(), h.contiguous(), float(lr), float(factor), rows, cols,
                           back if back is not None else w.new_empty(0))
         return
-    if back is not None:
-        torch.matmul(d.reshape(-1), w, out=back)  # d may arrive as (1, out)
-    w.addr_(d, h, beta=factor, alpha=-lr)
+    if w.dim() == 3:
+        if back is not None:
+            torch.bmm(d.unsqueeze(1), w, out=back.unsqueeze(1))
+        w.baddbmm_(d.unsqueeze(2), h.unsqueeze(1), beta=factor, alpha=-lr)
+    else:
+        if back is not None:
+            torch.mv(w.t(), d.reshape(-1), out=back)  # d @ w; d may arrive as (1, out)
+        w.addr_(d, h, beta=factor, alpha=-lr)
     sums_of(w, rows, cols)
 
 

@@ -14,21 +14,24 @@ Everything called at those moments (interventions, the metric tracker)
 derives from :class:`RunHooks`. A hook is on when the class defines it (its
 method differs from the base's no-op) or, for a plug-in whose moments depend
 on its parameters (a reset per task or every N steps), when ``moments()``
-says so. :func:`plan_hooks` reads that once per run into a :class:`HookPlan`,
+says so. A hook whose seeds' instances can act as one on a group of
+vectorised seeds says how in ``stacked`` (continual backprop does).
+:func:`plan_hooks` reads that once per run into a :class:`HookPlan`,
 the only thing the runner, the fused path, vectorised seeds and the Avalanche
 bridge consult: unused moments cost nothing per step, and no reader guesses
 a capability from an attribute's name.
 """
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional, Protocol
 
 import torch
 from torch import nn
 
 if TYPE_CHECKING:
-    from plasticity_lab.agents.agent import Agent, StepInfo
+    from plasticity_lab.agents.agent import Agent, GroupStepInfo, StepInfo
 
 Record = Optional[dict[str, Any]]
 """What a hook returns: ``{"name/with/slashes": value}`` for the sinks, or None."""
@@ -87,11 +90,28 @@ class RunHooks:
         (``StepInfo.weight_abs_sums``: the fused step computes them in its update pass)."""
         return False
 
+    def stacked(self, seeds: list["RunHooks"], agents: list["Agent"]) -> Optional["StackedAfterStep"]:
+        """One ``after_step`` for a group of vectorised seeds that each hold an
+        instance of this hook (``seeds``, in seed order, self first; ``agents``
+        theirs), acting on the group step's stacked tensors at once (the
+        runner calls it on steps every seed takes; on others each seed's
+        instance runs alone, so their state must stay theirs). None (the
+        default): each seed's instance always runs alone."""
+        return None
+
     def state_dict(self) -> dict:
         return {}
 
     def load_state_dict(self, state: dict) -> None:
         """Restore what ``state_dict`` returned."""
+
+
+class StackedAfterStep(Protocol):
+    """The ``after_step`` of every seed of a group at once (:meth:`RunHooks.stacked`)."""
+
+    def __call__(self, info: "GroupStepInfo", own: Callable[[int], AbstractContextManager]) -> list[Record]:
+        """Act on the group's step (``own(n)``: a block with seed n's random
+        generators, for any draw); return each seed's record, in seed order."""
 
 
 @dataclass(frozen=True)
@@ -105,6 +125,8 @@ class HookPlan:
     penalty: tuple[Callable, ...] = ()
     after_step: tuple[Callable, ...] = ()
     on_task_end: tuple[Callable, ...] = ()
+    after_step_hooks: tuple[RunHooks, ...] = ()
+    """The objects whose ``after_step`` is on, in the order of ``after_step`` (what a group stacks)."""
     weight_decay: float = 0.0
     """Sum of the penalties that are SGD weight decay (the fused path's extra decay)."""
     other_penalties: tuple[str, ...] = ()
@@ -132,6 +154,7 @@ def plan_hooks(objects: Iterable[RunHooks]) -> HookPlan:
     decays = [obj.as_weight_decay() for obj in penalised]
     return HookPlan(
         **bound,
+        after_step_hooks=tuple(obj for obj, on in moments if "after_step" in on),
         weight_decay=float(sum(d for d in decays if d is not None)),
         other_penalties=tuple(type(obj).__name__ for obj, d in zip(penalised, decays) if d is None),
         needs_weight_abs_sums=any(obj.needs_weight_abs_sums() for obj in objects),

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from plasticity_lab.agents.abs_sums import sums_of, update_with_abs_sums
-from plasticity_lab.agents.agent import StackedMasks, StepInfo
+from plasticity_lab.agents.agent import GroupStepInfo, StackedMasks, StepInfo
 from plasticity_lab.agents.pending import PendingUpdates
 
 
@@ -201,13 +201,16 @@ class StackedStep:
             w, d, rows, cols = self.weights[layer], deltas[-1], *self.abs_sums[layer]
             self._update_bias(layer, d, lr, factor)
             back = d.new_empty(w.shape[0], 1, w.shape[2]) if layer else None
-            for i in range(w.shape[0]):
-                update_with_abs_sums(w[i], d[i, 0], ins[layer][i, 0], lr, factor, rows[i], cols[i],
-                                     back[i, 0] if back is not None else None)
+            update_with_abs_sums(w, d[:, 0], ins[layer][:, 0], lr, factor, rows, cols,
+                                 back[:, 0] if back is not None else None)  # every seed in one call
             if layer:
                 deltas.append(back * self.acts[layer - 1].derivative(pre[layer - 1], feats[layer - 1]))
         deltas.reverse()
         return deltas
+
+    def group_info(self, feats: list[torch.Tensor]) -> GroupStepInfo:
+        """Every seed's view of the step at once, from the step's stacked ``feats``."""
+        return GroupStepInfo(feats, self.weights, self.abs_sums)
 
     def info(self, i: int, x: torch.Tensor, y: torch.Tensor, loss: torch.Tensor, correct: torch.Tensor,
              logits: torch.Tensor, feats: list[torch.Tensor], grads: Callable[[int], list[torch.Tensor]]) -> StepInfo:

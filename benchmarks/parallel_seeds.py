@@ -4,6 +4,8 @@ metrics off so the figures are the training path's:
 
 - ``fused``: online permuted MNIST, 784-100-100-10 ReLU, SGD lr 0.1 (the
   hand-fused stacked step, agents/stacked.py), batch 1 and 16;
+- ``cbp``: the same at batch 1 with continual backprop (its per-step
+  utilities stacked across the seeds: agents/interventions/cbp.py);
 - ``hard_ash``: split MNIST, 784-1000-10 Hard ASH, Adagrad, batch 16
   (experiment=split_mnist_hard_ash_reduced; the torch.func path, agents/vmapped.py);
 - ``conv_net``: continual ImageNet's conv net, momentum SGD, batch 100, on
@@ -15,7 +17,7 @@ Then peak memory: of a fused vectorised run after 10 tasks and after 1,000
 1, 2, 4 and 8 seeds and after 5 vs 100 tasks, each in its own process (peak
 RSS on the CPU; ``--device cuda``: peak CUDA memory allocated). Last line: JSON.
 
-    python benchmarks/parallel_seeds.py [--seeds 8] [--setups fused hard_ash conv_net] [--device cpu]
+    python benchmarks/parallel_seeds.py [--seeds 8] [--setups fused cbp hard_ash conv_net] [--device cpu]
         [--tasks 2] [--examples 2000] [--batch 1 16] [--epochs 2] [--memory-tasks 10 1000] [--skip-memory]
 """
 from __future__ import annotations
@@ -123,7 +125,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 16])
     parser.add_argument("--memory-tasks", type=int, nargs=2, default=[10, 1000])
     parser.add_argument("--skip-memory", action="store_true", help="throughput only (the memory checks take ~5 min)")
-    parser.add_argument("--setups", nargs="+", default=["fused", *SETUPS], choices=["fused", *SETUPS])
+    parser.add_argument("--setups", nargs="+", default=["fused", "cbp", *SETUPS], choices=["fused", "cbp", *SETUPS])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--epochs", type=int, default=2, help="epochs per task of the conv_net row")
     args = parser.parse_args()
@@ -133,6 +135,9 @@ def main() -> None:
         device = [f"device={args.device}"]
         rows = [(f"fused, batch {b}", [*COMMON, f"stream.num_tasks={args.tasks}", f"stream.examples_per_task={args.examples}",
                                        f"train.batch_size={b}", *device]) for b in args.batch] if "fused" in args.setups else []
+        if "cbp" in args.setups:
+            rows.append(("fused + continual backprop, batch 1", [*COMMON, f"stream.num_tasks={args.tasks}",
+                         f"stream.examples_per_task={args.examples}", "train.batch_size=1", "interventions=[cbp]", *device]))
         for name in [s for s in SETUPS if s in args.setups]:
             extra = [f"data.root={imagenet_like(Path(tmp))}"] if name == "conv_net" else []
             if name == "conv_net":

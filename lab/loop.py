@@ -25,12 +25,13 @@ import torch
 from omegaconf import DictConfig
 
 from plasticity_lab.agents import Agent, StepInfo
-from plasticity_lab.agents.agent import WholeTaskAgent
+from plasticity_lab.agents.agent import GroupStepInfo, WholeTaskAgent
 from plasticity_lab.agents.fused import FusedAgent
 from plasticity_lab.agents.idle import sitting_out
 from plasticity_lab.agents.stacked import StackedStep
 from plasticity_lab.agents.vmapped import VmapStep
 from plasticity_lab.agents.cuda_graph import graphed
+from plasticity_lab.lab.after_step import GroupAfterStep
 from plasticity_lab.lab.allocator import keep_freed_blocks
 from plasticity_lab.lab.group import RunGroup, open_group
 from plasticity_lab.lab.progress import Progress
@@ -68,10 +69,18 @@ class StackStep:
 
     def __init__(self, stack: Any):
         self.stack = stack
+        self.stacked = isinstance(stack, StackedStep) and len(stack.agents) > 1
+        """Whether ``group_info`` reports the stacked tensors (not for a graphed step)."""
+        self._feats: list[torch.Tensor] = []
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> StepResult:
         out = self.stack.step(x, y)
+        self._feats = out[3]
         return out[0], out[1], lambda j: self.stack.info(j, x, y, *out)
+
+    def group_info(self) -> GroupStepInfo:
+        """The last step as the stacked tensors of every seed."""
+        return self.stack.group_info(self._feats)
 
     def flush(self) -> None:
         self.stack.flush()
@@ -216,6 +225,7 @@ def train_task(ctxs: list[RunContext], tasks: list[Task], step: AgentStep | Stac
     end, everyone = max(ends), list(range(n))
     together = [(bs, everyone)] if min(ends) == end else None  # every full batch of equal tasks: one step for all
     before = any(c.hooks.before_step for c in ctxs) or augment is not None
+    after = GroupAfterStep(ctxs, step.group_info if isinstance(step, StackStep) and step.stacked else None)
     at = _position(position, n)
     correct = torch.tensor(at["correct"], dtype=torch.long, device=device)
     loss_sum = torch.tensor(at["loss"], dtype=torch.float32, device=device)
@@ -238,13 +248,11 @@ def train_task(ctxs: list[RunContext], tasks: list[Task], step: AgentStep | Stac
                     on = torch.tensor([j in active for j in everyone], device=device)
                     correct.add_(torch.where(on, corr, 0))
                     loss_sum.add_(torch.where(on, loss * b, 0.0))
+                if after.slots:
+                    after(tasks, active, info, generators)
                 due = []
                 for j in active:
                     ctx = ctxs[j]
-                    if ctx.hooks.after_step:
-                        with generators.own(j, full=False):
-                            for h in ctx.hooks.after_step:
-                                emit_record(ctx, tasks[j].id, h(ctx.agent, info(j)))
                     ctx.step += 1
                     seen[j] += b
                     if ctx.step % log_every == 0:

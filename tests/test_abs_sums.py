@@ -41,3 +41,25 @@ def test_a_strided_view_takes_the_pytorch_ops_and_agrees():
     assert torch.allclose(w, expected) and torch.allclose(rows, expected.abs().sum(1))
     assert torch.allclose(back, expected_back)
     assert torch.allclose(cols, expected.abs().sum(0))
+
+
+@pytest.mark.parametrize("stacked", ["contiguous", "strided"])
+def test_stacked_seeds_in_one_call_equal_each_seed_alone(stacked):
+    """(N, out, in) weights: one call updates every seed as N calls on its slices would.
+    Contiguous: the kernel, each seed's pass the same loop as alone, so equal exactly;
+    strided (a transposed view): the PyTorch ops, whose batched product may sum in
+    another order than one seed's, so equal to float32 rounding (1e-6)."""
+    g = torch.Generator().manual_seed(1)
+    w = torch.randn(3, 40, 25, generator=g)
+    if stacked == "strided":
+        w = w.transpose(1, 2).contiguous().transpose(1, 2)
+    d, h = torch.randn(3, 40, generator=g), torch.rand(3, 25, generator=g)
+    alone = w.clone()
+    rows, cols, back = torch.empty(3, 40), torch.empty(3, 25), torch.empty(3, 25)
+    a_rows, a_cols, a_back = torch.empty(3, 40), torch.empty(3, 25), torch.empty(3, 25)
+    for i in range(3):
+        abs_sums.update_with_abs_sums(alone[i], d[i], h[i], 0.1, 0.999, a_rows[i], a_cols[i], a_back[i])
+    abs_sums.update_with_abs_sums(w, d, h, 0.1, 0.999, rows, cols, back)
+    tol = 0.0 if stacked == "contiguous" and abs_sums.kernel() is not None else 1e-6
+    for got, want in ((w, alone), (rows, a_rows), (cols, a_cols), (back, a_back)):
+        assert torch.allclose(got, want, rtol=tol, atol=tol)

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from seed_records import assert_close_records, records
-from conftest import run_weights
+from conftest import run_state, run_weights
 from wandb_records import history
 from plasticity_lab.lab.stop import Stopped
 from plasticity_lab.registry import ConfigError
@@ -57,6 +57,41 @@ def test_each_seed_equals_its_run_alone(extra, compose, tmp_path, monkeypatch):
         assert summary["deferred_updates"] == 16 or extra != ["train.batch_size=1"]
         assert_close_records(records(seed_dir / "metrics.jsonl"), records(tmp_path / f"alone{s}/metrics.jsonl"))
     assert many[0]["online_loss"] != many[1]["online_loss"]  # and the seeds differ from each other
+
+
+def test_continual_backprop_of_seeds_in_lock_step_runs_once_per_step_and_equals_each_seed_alone(
+        compose, tmp_path, monkeypatch):
+    """At batch 1 (the fused step's |W| sums) continual backprop runs once per step for the
+    whole group (StackedContinualBackprop), and each seed's weights, records and continual
+    backprop state (utilities, ages, the accumulated fraction) equal its run alone: the
+    utility arithmetic is elementwise, so only the step's float rounding (module docstring) differs;
+    ages and replacement counts are exact."""
+    from plasticity_lab.agents.interventions.cbp import StackedContinualBackprop
+    from plasticity_lab.lab.loop import run
+
+    calls = []
+    stacked_call = StackedContinualBackprop.__call__
+    monkeypatch.setattr(StackedContinualBackprop, "__call__",
+                        lambda self, info, own: calls.append(len(self.seeds)) or stacked_call(self, info, own))
+    cbp = [*BASE, "train.batch_size=1", "interventions=[cbp]", "interventions.cbp.replacement_rate=0.02",
+           "interventions.cbp.maturity_threshold=20"]
+    many = run(compose([*cbp, "seeds=[0,1,2]"]), tmp_path / "many")
+    assert calls == [3] * (3 * 160)  # every step of the three tasks: once, for three seeds
+    for s, summary in zip([0, 1, 2], many):
+        (alone,) = run(compose([*cbp, f"seed={s}"]), tmp_path / f"alone{s}")
+        seed_dir, alone_dir = tmp_path / "many" / f"seed_{s}", tmp_path / f"alone{s}"
+        for k, v in weights(alone_dir).items():
+            assert torch.allclose(v, weights(seed_dir)[k], rtol=1e-4, atol=1e-4), (s, k)
+        (mine,), (theirs,) = run_state(seed_dir)["interventions"], run_state(alone_dir)["interventions"]
+        for layer, layer_alone in zip(mine["layers"], theirs["layers"]):
+            assert torch.equal(layer["age"], layer_alone["age"])
+            assert layer["accumulated"] == layer_alone["accumulated"]
+            assert torch.allclose(layer["util"], layer_alone["util"], rtol=1e-3, atol=1e-6)
+            assert torch.allclose(layer["mean_feature"], layer_alone["mean_feature"], rtol=1e-4, atol=1e-6)
+        assert summary["online_loss"] == pytest.approx(alone["online_loss"], rel=1e-4)
+        replaced = [r for r in records(seed_dir / "metrics.jsonl") if any(k.startswith("cbp/") for k in r)]
+        assert replaced and replaced == [r for r in records(alone_dir / "metrics.jsonl") if any(k.startswith("cbp/") for k in r)]
+        assert_close_records(records(seed_dir / "metrics.jsonl"), records(alone_dir / "metrics.jsonl"))
 
 
 def test_the_group_checkpoint_holds_each_seed_s_weights_once(compose, tmp_path):
