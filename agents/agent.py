@@ -58,11 +58,13 @@ class GroupStepInfo:
     (seed first; no per-seed views): ``features`` (N, batch, units) per hidden
     layer from the pre-update forward pass; ``weights`` (N, out, in) per layer
     after the update; ``weight_abs_sums`` as in :class:`StepInfo`, (N, out) and
-    (N, in) per layer, or None when the step did not compute them."""
+    (N, in) per layer, or None when the step did not compute them; ``seed(n)``
+    seed n's own :class:`StepInfo` of the step (built when asked)."""
 
     features: list[torch.Tensor]
     weights: list[torch.Tensor]
-    weight_abs_sums: Optional[list[tuple[torch.Tensor, torch.Tensor]]] = None
+    weight_abs_sums: Optional[list[tuple[torch.Tensor, torch.Tensor]]]
+    seed: Callable[[int], StepInfo]
 
 
 class Agent:

@@ -208,9 +208,12 @@ class StackedStep:
         deltas.reverse()
         return deltas
 
-    def group_info(self, feats: list[torch.Tensor]) -> GroupStepInfo:
-        """Every seed's view of the step at once, from the step's stacked ``feats``."""
-        return GroupStepInfo(feats, self.weights, self.abs_sums)
+    def group_info(self, x: torch.Tensor, y: torch.Tensor, loss: torch.Tensor, correct: torch.Tensor,
+                   logits: torch.Tensor, feats: list[torch.Tensor], grads: Callable[[int], list[torch.Tensor]]
+                   ) -> GroupStepInfo:
+        """Every seed's view of the step at once (the stacked tensors themselves)."""
+        return GroupStepInfo(feats, self.weights, self.abs_sums,
+                             lambda i: self.info(i, x, y, loss, correct, logits, feats, grads))
 
     def info(self, i: int, x: torch.Tensor, y: torch.Tensor, loss: torch.Tensor, correct: torch.Tensor,
              logits: torch.Tensor, feats: list[torch.Tensor], grads: Callable[[int], list[torch.Tensor]]) -> StepInfo:

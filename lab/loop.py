@@ -71,16 +71,16 @@ class StackStep:
         self.stack = stack
         self.stacked = isinstance(stack, StackedStep) and len(stack.agents) > 1
         """Whether ``group_info`` reports the stacked tensors (not for a graphed step)."""
-        self._feats: list[torch.Tensor] = []
+        self._last: tuple = ()
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> StepResult:
         out = self.stack.step(x, y)
-        self._feats = out[3]
+        self._last = (x, y, *out)
         return out[0], out[1], lambda j: self.stack.info(j, x, y, *out)
 
     def group_info(self) -> GroupStepInfo:
         """The last step as the stacked tensors of every seed."""
-        return self.stack.group_info(self._feats)
+        return self.stack.group_info(*self._last)
 
     def flush(self) -> None:
         self.stack.flush()

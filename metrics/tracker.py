@@ -21,6 +21,7 @@ or on copies, with its own generators.
 """
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Callable
@@ -29,8 +30,8 @@ import torch
 from torch import nn
 
 from plasticity_lab.agents.activations import activation_facts
-from plasticity_lab.agents.agent import Agent, StepInfo
-from plasticity_lab.agents.hooks import RunHooks
+from plasticity_lab.agents.agent import Agent, GroupStepInfo, StepInfo
+from plasticity_lab.agents.hooks import Record, RunHooks
 from plasticity_lab.metrics.catalog import MetricFacts, compute, scheduled
 from plasticity_lab.metrics.probes import PlasticityProbes, ProbeResult, fresh_copy, linear_probe, trainability
 from plasticity_lab.metrics.rank import singular_values
@@ -144,6 +145,10 @@ class Tracker(RunHooks):
             return None
         return self._run(scheduled("step"), probe)
 
+    def stacked(self, seeds: list["Tracker"], agents: list[Agent]) -> "StackedTracker":
+        """Every seed's step count advanced at once (see :class:`StackedTracker`)."""
+        return StackedTracker(seeds, agents)
+
     def on_task_end(self, agent: Agent, task: Any) -> dict | None:
         due = [(n, fn, f) for n, fn, f in scheduled("task_end")
                if f.every and getattr(self, f.every) and (task.id + 1) % getattr(self, f.every) == 0]
@@ -224,3 +229,26 @@ class Tracker(RunHooks):
         self.series, self.steps = state["series"], state["steps"]
         self._probe_task = state["probe_task"]
         self._fresh = None if state["fresh"] is None else ProbeResult(*state["fresh"])
+
+
+@dataclass
+class StackedTracker:
+    """The trackers of vectorised seeds at each step: each seed's step count
+    goes on, and a seed's own ``after_step`` (with its :class:`StepInfo`) runs
+    only at the steps its step metrics are due, so the steps between cost no
+    per-seed view of the step (most steps: the metrics' cadence is every
+    ``every_steps`` steps)."""
+
+    seeds: list[Tracker]
+    agents: list[Agent]
+
+    def __call__(self, info: GroupStepInfo, own: Callable[[int], AbstractContextManager]) -> list[Record]:
+        records: list[Record] = []
+        for n, (tracker, agent) in enumerate(zip(self.seeds, self.agents)):
+            if tracker.every_steps and (tracker.steps + 1) % tracker.every_steps == 0:
+                with own(n):
+                    records.append(tracker.after_step(agent, info.seed(n)))
+            else:
+                tracker.steps += 1
+                records.append(None)
+        return records
