@@ -11,6 +11,8 @@ Two rates, each for what it answers:
 - the ETA is the tasks still to train over the *recent* wall-clock rate (the
   last :data:`ETA_WINDOW` tasks, everything included), so start-up, a first
   task's one-off costs or a machine that got busier an hour ago do not skew it.
+  A task counts the examples this process trained in it: a run resumed inside
+  a task trained only its rest, in a fraction of a task's time.
 """
 from __future__ import annotations
 
@@ -45,7 +47,9 @@ class Progress:
         self.quiet = mode == "off"
         self.first_task = first_task
         self.examples_per_s = 0.0
-        self.recent: deque[tuple[int, float]] = deque(maxlen=ETA_WINDOW)
+        self.recent: deque[tuple[float, float]] = deque(maxlen=ETA_WINDOW)
+        self.trained = 0.0
+        """Examples per run trained since the last task ended (or this process started)."""
         self.last_done = self.last_line = time.perf_counter()
         self.bar = None
         if live and not self.quiet:
@@ -67,6 +71,7 @@ class Progress:
 
     def advance(self, examples: int, task: int) -> None:
         """``examples`` more trained (all runs together) in task ``task``: moves the bar."""
+        self.trained += examples / self.runs
         if self.bar is not None:
             self.bar.update(self.id, advance=examples / self.runs, task=task + 1)
 
@@ -74,8 +79,9 @@ class Progress:
         """Task ``task`` finished with this online accuracy (or error); the
         run's training throughput so far is ``examples_per_s`` (its summary's figure)."""
         now = time.perf_counter()
-        self.recent.append((self.sizes[task], now - self.last_done))
-        self.last_done = now
+        if self.trained:
+            self.recent.append((self.trained, now - self.last_done))
+        self.trained, self.last_done = 0.0, now
         self.examples_per_s = examples_per_s
         eta = self.eta(task)
         eta_text = "-" if eta is None else _duration(eta)

@@ -92,6 +92,16 @@ def test_eta_comes_from_recent_tasks_not_from_the_start():
     assert p.eta(4) == pytest.approx(5 * 100 * 1.0 / 100)
 
 
+def test_a_task_resumed_inside_counts_only_the_examples_this_process_trained_for_the_eta():
+    """Resumed with a quarter of task 5 left, 2 runs: that quarter's time is a quarter task's, not a whole one's."""
+    p = Progress(10, 100, first_task=4, mode="off", runs=2)
+    p.advance(2 * 25, 4)
+    p.last_done -= 1.0  # as if the quarter took a second (no waiting on the clock)
+    p.task_done(4, 0.8, 25.0)
+    # 5 tasks of 100 left at 25 examples/s; rel 1e-2: the microseconds the test itself takes between the calls
+    assert p.eta(4) == pytest.approx(5 * 100 / 25, rel=1e-2)
+
+
 def test_line_progress_speaks_every_twentieth_task_and_at_least_each_minute(capsys):
     from plasticity_lab.lab.progress import LINE_EVERY_S
 
