@@ -56,13 +56,12 @@ class StepInfo:
 class GroupStepInfo:
     """What one step of N stacked seeds saw, as the stacked tensors themselves
     (seed first; no per-seed views): ``features`` (N, batch, units) per hidden
-    layer from the pre-update forward pass; ``weights`` (N, out, in) per layer
-    after the update; ``weight_abs_sums`` as in :class:`StepInfo`, (N, out) and
-    (N, in) per layer, or None when the step did not compute them; ``seed(n)``
-    seed n's own :class:`StepInfo` of the step (built when asked)."""
+    layer from the pre-update forward pass; ``weight_abs_sums`` as in
+    :class:`StepInfo`, (N, out) and (N, in) per layer, or None when the step
+    did not compute them; ``seed(n)`` seed n's own :class:`StepInfo` of the
+    step (built when asked)."""
 
     features: list[torch.Tensor]
-    weights: list[torch.Tensor]
     weight_abs_sums: Optional[list[tuple[torch.Tensor, torch.Tensor]]]
     seed: Callable[[int], StepInfo]
 

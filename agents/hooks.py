@@ -14,12 +14,13 @@ Everything called at those moments (interventions, the metric tracker)
 derives from :class:`RunHooks`. A hook is on when the class defines it (its
 method differs from the base's no-op) or, for a plug-in whose moments depend
 on its parameters (a reset per task or every N steps), when ``moments()``
-says so. A hook whose seeds' instances can act as one on a group of
-vectorised seeds says how in ``stacked`` (continual backprop does).
-:func:`plan_hooks` reads that once per run into a :class:`HookPlan`,
+says so. :func:`plan_hooks` reads that once per run into a :class:`HookPlan`,
 the only thing the runner, the fused path, vectorised seeds and the Avalanche
 bridge consult: unused moments cost nothing per step, and no reader guesses
-a capability from an attribute's name.
+a capability from an attribute's name. One declaration more is read where
+it applies: a hook whose seeds' instances can act as one on a group of
+vectorised seeds says how in ``stacked``, which the training loop asks once
+when it builds a group's step (lab/after_step.py).
 """
 from __future__ import annotations
 

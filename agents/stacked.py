@@ -212,7 +212,7 @@ class StackedStep:
                    logits: torch.Tensor, feats: list[torch.Tensor], grads: Callable[[int], list[torch.Tensor]]
                    ) -> GroupStepInfo:
         """Every seed's view of the step at once (the stacked tensors themselves)."""
-        return GroupStepInfo(feats, self.weights, self.abs_sums,
+        return GroupStepInfo(feats, self.abs_sums,
                              lambda i: self.info(i, x, y, loss, correct, logits, feats, grads))
 
     def info(self, i: int, x: torch.Tensor, y: torch.Tensor, loss: torch.Tensor, correct: torch.Tensor,

@@ -145,6 +145,8 @@ def train(group: RunGroup, stop: StopRequest) -> list[dict[str, Any]]:
     cfg, stream, first = ctxs[0].cfg, ctxs[0].stream, group.next_task
     whole_task = isinstance(ctxs[0].agent, WholeTaskAgent)
     step = None if whole_task else group_step(ctxs)
+    after = None if whole_task else GroupAfterStep(ctxs, step.group_info if isinstance(step, StackStep) and step.stacked
+                                                   else None)
     sizes = [round(sum(k) / len(ctxs)) for k in zip(*(task_examples(c, first) for c in ctxs))]  # per run, on average
     progress = Progress(stream.num_tasks, sizes, first, cfg.progress, progress_metric(stream), runs=len(ctxs))
     k = first
@@ -160,7 +162,7 @@ def train(group: RunGroup, stop: StopRequest) -> list[dict[str, Any]]:
             if whole_task:
                 totals = [train_whole_task(ctxs[0], tasks[0], progress, stop)]
             else:
-                totals = train_task(ctxs, tasks, step, generators, progress, stop, position)
+                totals = train_task(ctxs, tasks, step, after, generators, progress, stop, position)
             seconds = time.perf_counter() - t0 + (position or {}).get("seconds", 0.0)
             for i, (ctx, task, (correct, loss, seen)) in enumerate(zip(ctxs, tasks, totals)):
                 with generators.own(i):
@@ -209,12 +211,12 @@ def epoch_order(seed: int, task_id: int, epoch: int, n: int) -> torch.Tensor:
     return torch.randperm(n, generator=g)
 
 
-def train_task(ctxs: list[RunContext], tasks: list[Task], step: AgentStep | StackStep | VmapStep, generators: SeedGenerators,
-               progress: Progress, stop: StopRequest, position: dict[str, Any] | None = None
+def train_task(ctxs: list[RunContext], tasks: list[Task], step: AgentStep | StackStep | VmapStep, after: GroupAfterStep,
+               generators: SeedGenerators, progress: Progress, stop: StopRequest, position: dict[str, Any] | None = None
                ) -> list[tuple[float, float, int]]:
     """The hot loop: every run's epochs over its task, one group step per
-    batch, from ``position`` (where a stopped group left the task) or the
-    start. Where runs' tasks differ in size, a run without a batch (or with a
+    batch and the runs' ``after_step`` hooks (``after``), from ``position``
+    (where a stopped group left the task) or the start. Where runs' tasks differ in size, a run without a batch (or with a
     smaller last one) sits the others' step out (agents/idle.py) and logs at
     its own steps. Returns each run's (correct, summed loss, examples), read
     once; raises StopAt after the step a stop was requested in."""
@@ -225,7 +227,6 @@ def train_task(ctxs: list[RunContext], tasks: list[Task], step: AgentStep | Stac
     end, everyone = max(ends), list(range(n))
     together = [(bs, everyone)] if min(ends) == end else None  # every full batch of equal tasks: one step for all
     before = any(c.hooks.before_step for c in ctxs) or augment is not None
-    after = GroupAfterStep(ctxs, step.group_info if isinstance(step, StackStep) and step.stacked else None)
     at = _position(position, n)
     correct = torch.tensor(at["correct"], dtype=torch.long, device=device)
     loss_sum = torch.tensor(at["loss"], dtype=torch.float32, device=device)

@@ -94,6 +94,44 @@ def test_continual_backprop_of_seeds_in_lock_step_runs_once_per_step_and_equals_
         assert_close_records(records(seed_dir / "metrics.jsonl"), records(alone_dir / "metrics.jsonl"))
 
 
+def test_seeds_with_stacked_continual_backprop_stopped_inside_a_task_resume_to_the_same_end(compose, tmp_path, monkeypatch):
+    """SIGTERM at step 50 of task 2: the checkpoint holds each seed's view of the stacked CBP state,
+    the resumed group stacks it again and ends exactly where the uninterrupted group does (the same
+    process and group shape both times: the same arithmetic, so equal bit for bit)."""
+    import os
+    import signal
+
+    import plasticity_lab.lab.loop as loop
+    from plasticity_lab.lab.loop import run
+
+    cfg = compose([*BASE, "train.batch_size=1", "interventions=[cbp]", "interventions.cbp.replacement_rate=0.02",
+                   "interventions.cbp.maturity_threshold=20", "seeds=[0,1]"])
+    run(cfg, tmp_path / "whole")
+    steps = []
+    real_call = loop.StackStep.__call__
+
+    def call_then_term(self, x, y):
+        steps.append(1)
+        if len(steps) == 160 + 50:  # task 2, step 50: a real signal, as a cluster's preemption sends
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real_call(self, x, y)
+
+    monkeypatch.setattr(loop.StackStep, "__call__", call_then_term)
+    with pytest.raises(Stopped, match="stopped"):
+        run(cfg, tmp_path / "cut")
+    assert run_state(tmp_path / "cut/seed_0")["step"] == 210  # stopped inside task 2
+    monkeypatch.setattr(loop.StackStep, "__call__", real_call)
+    run(cfg, tmp_path / "cut", resume=True)
+    for s in (0, 1):
+        whole, cut = run_state(tmp_path / f"whole/seed_{s}"), run_state(tmp_path / f"cut/seed_{s}")
+        for k, v in whole["agent"]["model"].items():
+            assert torch.equal(v, cut["agent"]["model"][k]), (s, k)
+        for layer, layer_cut in zip(whole["interventions"][0]["layers"], cut["interventions"][0]["layers"]):
+            assert all(torch.equal(layer[k], layer_cut[k]) for k in ("util", "mean_feature", "age", "decay_power"))
+            assert layer["accumulated"] == layer_cut["accumulated"]
+        assert records(tmp_path / f"cut/seed_{s}/metrics.jsonl") == records(tmp_path / f"whole/seed_{s}/metrics.jsonl")
+
+
 def test_the_group_checkpoint_holds_each_seed_s_weights_once(compose, tmp_path):
     """Each seed's weights are views of the stacked tensors; the checkpoint copies
     each seed's slice out, so it holds 4 seeds' weights, not 4 x 4."""

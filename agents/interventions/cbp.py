@@ -308,7 +308,7 @@ class StackedContinualBackprop:
         """One step of every seed: the records per seed (None where nothing was
         replaced); ``own(n)`` runs a block with seed n's random generators."""
         h = _end_to_end(info.features)  # (N, batch, units)
-        rows, cols = zip(*(info.weight_abs_sums or [(w.abs().sum(-1), w.abs().sum(-2)) for w in info.weights]))
+        rows, cols = zip(*info.weight_abs_sums)  # the fused step computes them: needs_weight_abs_sums
         out_mag = _end_to_end(list(cols[1:])) / self.out_counts if self.kind in READS_OUT else None
         in_mag = _end_to_end(list(rows[:-1])) / self.in_counts if self.kind in READS_IN else None
         f_hat, correction = update_utility(self.whole, h, self.eta, self.kind, out_mag, in_mag)
