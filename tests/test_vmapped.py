@@ -240,7 +240,7 @@ def test_interrupted_vmapped_seeds_resume_to_the_same_end(setup, compose, tmp_pa
     run(cfg, tmp_path / "whole")
     real = loop.train_task
 
-    def term_in_task_2(ctxs, tasks, step, generators, progress, stop, position=None):
+    def term_in_task_2(ctxs, tasks, step, after, generators, progress, stop, position=None):
         if tasks[0].id == 1 and position is None:
             sizes = [t.num_train for t in tasks]
             if min(sizes) != max(sizes):  # stop after the first step the shorter task has no batch for
@@ -255,7 +255,7 @@ def test_interrupted_vmapped_seeds_resume_to_the_same_end(setup, compose, tmp_pa
                 monkeypatch.setattr(loop, "_shares", shares)
             else:
                 stop.signum = signal.SIGTERM  # what the handler sets when SIGTERM arrives: stop after this step
-        return real(ctxs, tasks, step, generators, progress, stop, position)
+        return real(ctxs, tasks, step, after, generators, progress, stop, position)
 
     monkeypatch.setattr(loop, "train_task", term_in_task_2)
     with pytest.raises(Stopped, match="stopped.*task 2/3"):
