@@ -43,7 +43,7 @@ def test_each_seed_equals_its_run_alone(extra, compose, tmp_path, monkeypatch):
     base = [o for o in BASE if not ("experiment=bit_flipping" in extra and o.startswith("stream.examples"))]
     many = run(compose([*base, *extra, "seeds=[0,1,2]"]), tmp_path / "many")
     assert [s["seed"] for s in many] == [0, 1, 2]
-    for s, summary in zip([0, 1, 2], many):
+    for s, summary in [(0, many[0]), (2, many[2])]:  # the first and the last slice of the stack (suite time: not all three)
         (alone,) = run(compose([*base, *extra, f"seed={s}"]), tmp_path / f"alone{s}")
         seed_dir = tmp_path / "many" / f"seed_{s}"
         for k, v in weights(tmp_path / f"alone{s}").items():
@@ -75,9 +75,9 @@ def test_continual_backprop_of_seeds_in_lock_step_runs_once_per_step_and_equals_
                         lambda self, info, own: calls.append(len(self.seeds)) or stacked_call(self, info, own))
     cbp = [*BASE, "train.batch_size=1", "interventions=[cbp]", "interventions.cbp.replacement_rate=0.02",
            "interventions.cbp.maturity_threshold=20"]
-    many = run(compose([*cbp, "seeds=[0,1,2]"]), tmp_path / "many")
-    assert calls == [3] * (3 * 160)  # every step of the three tasks: once, for three seeds
-    for s, summary in zip([0, 1, 2], many):
+    many = run(compose([*cbp, "seeds=[0,1]"]), tmp_path / "many")
+    assert calls == [2] * (3 * 160)  # every step of the three tasks: once, for both seeds
+    for s, summary in zip([0, 1], many):
         (alone,) = run(compose([*cbp, f"seed={s}"]), tmp_path / f"alone{s}")
         seed_dir, alone_dir = tmp_path / "many" / f"seed_{s}", tmp_path / f"alone{s}"
         for k, v in weights(alone_dir).items():
