@@ -314,7 +314,7 @@ class StackedContinualBackprop:
         f_hat, correction = update_utility(self.whole, h, self.eta, self.kind, out_mag, in_mag)
         mature = self.whole.ages > self.maturity
         counts = np.add.reduceat(mature, self.starts, axis=1, dtype=np.int64)
-        self.accumulated += np.where(counts > 0, self.rate * counts, 0.0)
+        self.accumulated += self.rate * counts  # + 0.0 where none is mature: as a seed alone, which skips them
         due = np.floor(self.accumulated)
         self.accumulated -= due
         due = np.minimum(due, counts).astype(np.int64)
