@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from plasticity_lab.agents.kernels import KERNEL_CODES
 from plasticity_lab.registry import ConfigError, Registry
 
 
@@ -42,7 +43,10 @@ class ActivationFacts:
     phi(z), which the fused SGD path (agents/fused.py) uses instead of
     autograd (only for functions without trainable parameters; None keeps such
     a run on autograd); ``exact_zeros``: phi outputs exact zeros on a whole
-    region (the ReLU family), so sparsity counts |h| == 0, not |h| <= eps.
+    region (the ReLU family), so sparsity counts |h| == 0, not |h| <= eps;
+    ``kernel``: the name of phi's built-in code in the compiled batch-1 step
+    (agents/compiled_step.py; one of agents/kernels.py ``KERNEL_CODES``), for parameterless functions
+    that have one (None: that step leaves it to PyTorch ops).
     """
 
     gain: Union[str, float, Callable[..., float]] = "relu"
@@ -50,6 +54,7 @@ class ActivationFacts:
     bias_init: Optional[Callable[..., torch.Tensor]] = None
     derivative: Optional[Callable[..., torch.Tensor]] = None
     exact_zeros: bool = False
+    kernel: Optional[str] = None
 
 
 def _check_registration(name: str, obj: Any, facts: ActivationFacts) -> None:
@@ -57,6 +62,9 @@ def _check_registration(name: str, obj: Any, facts: ActivationFacts) -> None:
     if facts.derivative is not None and inspect.isclass(obj):
         raise TypeError(f"activation {name!r}: derivative= is for function activations (elementwise, no trainable "
                         "parameters); a module activation trains through autograd")
+    if facts.kernel is not None and (facts.kernel not in KERNEL_CODES or facts.derivative is None):
+        raise TypeError(f"activation {name!r}: kernel= names built-in code ({', '.join(KERNEL_CODES)}) of an "
+                        f"activation that also registers its derivative; got {facts.kernel!r}")
 
 
 activations = Registry("activation", reserved={"width"}, facts=ActivationFacts, check=_check_registration)
@@ -131,7 +139,7 @@ def _positive(**values: float) -> None:
             raise ValueError(f"{key} must be > 0, got {value}")
 
 
-@activations.register("relu", gain="relu", exact_zeros=True, derivative=lambda z, h: (z > 0).to(z.dtype))
+@activations.register("relu", gain="relu", exact_zeros=True, derivative=lambda z, h: (z > 0).to(z.dtype), kernel="relu")
 def relu(x: torch.Tensor) -> torch.Tensor:
     """ReLU: max(0, x) (Nair & Hinton 2010)."""
     return F.relu(x)
@@ -146,19 +154,19 @@ def leaky_relu(x: torch.Tensor, negative_slope: float = 0.01) -> torch.Tensor:
     return F.leaky_relu(x, negative_slope)
 
 
-@activations.register("tanh", gain="tanh", derivative=lambda z, h: 1 - h * h)
+@activations.register("tanh", gain="tanh", derivative=lambda z, h: 1 - h * h, kernel="tanh")
 def tanh(x: torch.Tensor) -> torch.Tensor:
     """Hyperbolic tangent."""
     return torch.tanh(x)
 
 
-@activations.register("sigmoid", gain="sigmoid", derivative=lambda z, h: h * (1 - h))
+@activations.register("sigmoid", gain="sigmoid", derivative=lambda z, h: h * (1 - h), kernel="sigmoid")
 def sigmoid(x: torch.Tensor) -> torch.Tensor:
     """Logistic sigmoid 1 / (1 + exp(-x))."""
     return torch.sigmoid(x)
 
 
-@activations.register("linear", gain="linear", derivative=lambda z, h: torch.ones_like(z))
+@activations.register("linear", gain="linear", derivative=lambda z, h: torch.ones_like(z), kernel="linear")
 def linear(x: torch.Tensor) -> torch.Tensor:
     """Identity (a linear network; the baseline of Dohare et al.'s regression study)."""
     return x

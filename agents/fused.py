@@ -23,6 +23,8 @@ How the pieces fit (each module's docstring gives its arithmetic)::
           |                       between steps
           +-- |W| sums            weight_abs_sums: the |W| row/column sums continual backprop reads,
               (abs_sums.py)       computed in the update's own pass -- so never with pending updates
+          +-- CompiledStep        on the CPU at batch 1: the whole step of every seed as one
+          |   (compiled_step.py)  compiled call (agents/kernels.py)
     GraphedStep (cuda_graph.py)   wraps a StackedStep on a GPU and replays it as a CUDA graph;
                                   a deferring step is never captured (choose one)
 
@@ -38,7 +40,7 @@ from typing import Any
 
 import torch
 
-from plasticity_lab.agents import abs_sums
+from plasticity_lab.agents import kernels
 from plasticity_lab.agents.activations import FunctionActivation, activation_facts
 from plasticity_lab.agents.agent import Agent, StepInfo
 from plasticity_lab.agents.cuda_graph import graphed
@@ -77,14 +79,16 @@ class FusedAgent(Agent):
     """An Agent whose ``observe`` is the fused SGD step (see the module docstring)."""
 
     def __init__(self, agent: Agent, extra_decay: float = 0.0, deferred_updates: int = 0,
-                 weight_abs_sums: bool = False, cuda_graphs: bool = False):
+                 weight_abs_sums: bool = False, cuda_graphs: bool = False, compiled_step: bool = True):
         """``extra_decay``: SGD weight decay on top of the optimizer's (penalties
         that are weight decay). ``deferred_updates``: how many examples' updates
         may stay pending (agents/pending.py; 0 applies each at once): only for
         runs where nothing reads the weights between steps. ``weight_abs_sums``:
         report the row and column sums of each updated |W| in ``StepInfo``
         (agents/abs_sums.py), for continual backprop. ``cuda_graphs``: replay
-        the step as a CUDA graph when the weights are on a GPU.
+        the step as a CUDA graph when the weights are on a GPU. ``compiled_step``:
+        run batch-1 steps on the CPU as one compiled call where they can
+        (agents/compiled_step.py).
         Raises ValueError for an agent the path cannot run or a combination it
         cannot honour."""
         reason = fused_reason(agent)
@@ -103,16 +107,17 @@ class FusedAgent(Agent):
         self.extra_decay = extra_decay
         self.deferred_updates = deferred_updates
         self.weight_abs_sums = weight_abs_sums
-        if weight_abs_sums and not on_gpu:
-            abs_sums.kernel()  # built (once per machine) now, before training, not at the first step
+        if (weight_abs_sums or compiled_step) and not on_gpu:
+            kernels.kernel()  # built (once per machine) now, before training, not at the first step
         self.cuda_graphs = cuda_graphs
+        self.compiled_step = compiled_step
         self._stepper: Any = None
         self._stack: StackedStep | None = None  # built at the first step, or by the vectorised seeds' group
         self.restored_pending: dict | None = None  # a checkpoint's deferred updates, for the next stack built
 
     @classmethod
     def for_plan(cls, agent: Agent, plan: HookPlan, batch_size: int, deferred_updates: int,
-                 cuda_graphs: bool) -> "FusedAgent":
+                 cuda_graphs: bool, compiled_step: bool = True) -> "FusedAgent":
         """The fused agent for a run with these hooks: their weight decay folded
         in, |W| sums when an intervention reads them, CUDA graphs on a GPU, and
         updates deferred only where nothing reads the weights between steps and
@@ -122,7 +127,13 @@ class FusedAgent(Agent):
         defer = (not (plan.reads_weights_between_steps or plan.needs_weight_abs_sums or graphs)
                  and pays_off(weights, batch_size, deferred_updates))
         return cls(agent, extra_decay=plan.weight_decay, deferred_updates=deferred_updates if defer else 0,
-                   weight_abs_sums=plan.needs_weight_abs_sums, cuda_graphs=graphs)
+                   weight_abs_sums=plan.needs_weight_abs_sums, cuda_graphs=graphs, compiled_step=compiled_step)
+
+    @property
+    def compiled(self) -> bool:
+        """Whether this agent's batch-1 CPU steps run as one compiled call
+        (agents/compiled_step.py; known once its step is built)."""
+        return self._stack is not None and self._stack.compiled is not None
 
     def flush_updates(self) -> None:
         if self._stack is not None:

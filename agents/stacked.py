@@ -7,7 +7,9 @@ all before any weight changes; then W_l <- (1 - lr wd) W_l - lr d_l^T h_{l-1}
 (one ``baddbmm_`` per layer for all seeds, ``addr_`` per seed for large
 matrices at batch 1) and b_l likewise. With ``deferred_updates`` the weight
 updates are kept pending as a low-rank correction and applied every few steps
-(agents/pending.py).
+(agents/pending.py). On the CPU a batch-1 step is one compiled call for all
+seeds where it applies (agents/compiled_step.py: the same arithmetic to float
+rounding, several times faster for small nets).
 
 Each seed keeps its own Agent: its model's parameters are re-pointed at views
 of the stacked tensors (``param.data = stack[i]``), so the seed's
@@ -25,6 +27,7 @@ import torch.nn.functional as F
 
 from plasticity_lab.agents.abs_sums import sums_of, update_with_abs_sums
 from plasticity_lab.agents.agent import GroupStepInfo, StackedMasks, StepInfo
+from plasticity_lab.agents.compiled_step import CompiledStep, compiled_reason
 from plasticity_lab.agents.pending import PendingUpdates
 
 
@@ -70,6 +73,10 @@ class StackedStep:
                 a.restored_pending = None
         self.abs_sums = ([(w.new_zeros(w.shape[:2]), w.new_zeros(w.shape[0], w.shape[2])) for w in self.weights]
                          if first.weight_abs_sums else None)
+        self.compiled_reason = (compiled_reason(self.acts, self.loss_name, self.weights, self.pending is not None)
+                                if first.compiled_step else "train.compiled_step=false")
+        """Why batch-1 steps do not run as one compiled call (None: they do, agents/compiled_step.py)."""
+        self.compiled = CompiledStep.of(self.acts, self.loss_name) if self.compiled_reason is None else None
 
     def flush(self) -> None:
         """Apply the deferred updates (agents/pending.py), if any, to the weights."""
@@ -108,6 +115,26 @@ class StackedStep:
         group = self.agents[0].optimizer.param_groups[0]
         lr, decay = group["lr"], group["weight_decay"] + self.agents[0].extra_decay
         n, b = y.shape
+        if self.compiled is not None and b == 1:
+            loss, correct, logits, feats, deltas = self.compiled(x, y, self.weights, self.biases, self.masks(), lr,
+                                                                 1 - lr * decay, self.abs_sums)
+            ins = [x.flatten(2), *feats]
+        else:
+            loss, correct, logits, feats, deltas, ins = self._eager(x, y, lr, decay)
+
+        def grads(i: int) -> list[torch.Tensor]:
+            out = []
+            for bias, d, h_in in zip(self.biases, deltas, ins):
+                out.append(d[i].t() @ h_in[i])
+                if bias is not None:
+                    out.append(d[i].sum(0))
+            return out
+
+        return loss, correct, logits, feats, grads
+
+    def _eager(self, x: torch.Tensor, y: torch.Tensor, lr: float, decay: float) -> tuple:
+        """The step in PyTorch ops: returns loss, correct, logits, features, deltas and layer inputs."""
+        n, b = y.shape
         h = x.flatten(2)
         ins, pre, feats = [h], [], []
         for layer, act in enumerate(self.acts):
@@ -141,16 +168,7 @@ class StackedStep:
                 deltas.append(d * self.acts[i].derivative(pre[i], feats[i]))
             deltas.reverse()
             self._update(deltas, ins, lr, 1 - lr * decay)
-
-        def grads(i: int) -> list[torch.Tensor]:
-            out = []
-            for bias, d, h_in in zip(self.biases, deltas, ins):
-                out.append(d[i].t() @ h_in[i])
-                if bias is not None:
-                    out.append(d[i].sum(0))
-            return out
-
-        return loss, correct, logits, feats, grads
+        return loss, correct, logits, feats, deltas, ins
 
     def _deferring(self) -> bool:
         """Whether updates are pending, so the stored weights are not the current ones."""

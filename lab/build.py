@@ -154,7 +154,7 @@ def use_fast_path(cfg: DictConfig, agent: Agent, plan: HookPlan) -> tuple[Agent,
     reason = fused_reason(agent, plan)
     if reason is None:
         return FusedAgent.for_plan(agent, plan, cfg.train.batch_size, cfg.train.deferred_updates,
-                                   bool(cfg.train.cuda_graphs)), None
+                                   bool(cfg.train.cuda_graphs), bool(cfg.train.compiled_step)), None
     if mode == "true":
         raise ConfigError("train.fast", True, f"a run the fused path supports; this one has {reason}")
     return agent, f"training with autograd: the fused SGD path does not take {reason} (train.fast=auto)"

@@ -98,7 +98,10 @@ class TrainConfig:
     more than it saves: agents/pending.py ``pays_off``); 0 applies each update
     at once. cuda_graphs: on a GPU, replay the fused step as a CUDA graph
     (agents/cuda_graph.py; it checks itself against the eager step on first
-    use; deferred updates are then off). new_head: zero the output layer
+    use; deferred updates are then off). compiled_step: on the CPU, run the
+    fused batch-1 step of every seed as one compiled call where it applies
+    (agents/compiled_step.py: the same SGD to float rounding; ~4x the steps/s
+    on small nets); false keeps PyTorch ops. new_head: zero the output layer
     (and its optimizer state) at each task start, Dohare et al.'s "new heads"
     of continual ImageNet (part of that protocol, not an intervention).
     threads: intra-op CPU threads; auto (one for small steps, else the free
@@ -117,6 +120,7 @@ class TrainConfig:
     fast: str = "auto"
     deferred_updates: int = 16
     cuda_graphs: bool = True
+    compiled_step: bool = True
     new_head: bool = False
     drop_last: bool = False
 

@@ -26,7 +26,7 @@ EXTEND = ("stream.num_tasks",)
 
 ON_REQUEST = ("agent.optimizer.", "interventions.", "metrics.", "train.eval_every", "train.eval_window",
               "train.log_every", "train.checkpoint", "train.fast", "train.deferred_updates", "train.cuda_graphs",
-              "device", "data.root")
+              "train.compiled_step", "device", "data.root")
 """Keys ``lab resume DIR key=value`` may change on purpose (applied and recorded)."""
 
 FIXED = ("agent.optimizer.name", "metrics.enabled")

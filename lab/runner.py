@@ -350,6 +350,7 @@ def _summary(cfg: DictConfig, stream: Stream, results: Results, wall: float, wan
         "fused_path": isinstance(agent, FusedAgent),
         "step_path": step_path(agent),
         "deferred_updates": agent.deferred_updates if isinstance(agent, FusedAgent) else 0,
+        "compiled_step": isinstance(agent, FusedAgent) and agent.compiled,
     }
 
 

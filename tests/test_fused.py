@@ -50,21 +50,20 @@ def test_the_usual_activations_register_their_derivative():
 @pytest.mark.parametrize("act", WITH_DERIVATIVE)
 @pytest.mark.parametrize("batch", [1, 4])
 @pytest.mark.parametrize("sums", [False, True], ids=["plain", "with_abs_sums"])
-def test_one_fused_step_equals_one_autograd_step(act, batch, sums):
+@pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "torch_ops"])
+def test_one_fused_step_equals_one_autograd_step(act, batch, sums, compiled):
     import copy
-
-    from plasticity_lab.agents import MLP, Agent
-    from plasticity_lab.agents.fused import FusedAgent
-    from plasticity_lab.agents.optimizers import make_optimizer
 
     torch.manual_seed(0)
     net = MLP(6, [5, 4], 3, activation=act).double()
     twin = copy.deepcopy(net)
     slow = Agent(net, make_optimizer(net.parameters(), "sgd", 0.1, weight_decay=0.01))
     fast = FusedAgent(Agent(twin, make_optimizer(twin.parameters(), "sgd", 0.1, weight_decay=0.01)),
-                      weight_abs_sums=sums)  # with sums at batch 1: backward and update in one pass per layer
+                      weight_abs_sums=sums, compiled_step=compiled)  # with sums at batch 1: backward and update in one pass per layer
     x, y = torch.randn(batch, 6, dtype=torch.float64), torch.randint(0, 3, (batch,))
     a, b = slow.observe(x, y), fast.observe(x, y)
+    # the compiled step runs exactly where asked for and built in: batch 1 and an activation with built-in code
+    assert (fast.stepper().compiled is not None) == (compiled and activations.facts(act).kernel is not None)
     if sums:
         for layer, (rows, cols) in zip(twin.layers, b.weight_abs_sums):
             assert torch.allclose(rows, layer.weight.abs().sum(1)) and torch.allclose(cols, layer.weight.abs().sum(0))
@@ -76,25 +75,98 @@ def test_one_fused_step_equals_one_autograd_step(act, batch, sums):
     assert all(torch.allclose(p.grad, g, atol=1e-12) for p, g in zip(net.parameters(), b.grads()))
 
 
-def test_one_fused_mse_step_equals_one_autograd_step():
+@pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "torch_ops"])
+def test_one_fused_mse_step_equals_one_autograd_step(compiled):
     """The regression loss (bit-flipping): dL/dout = 2 (out - y) / B."""
     import copy
-
-    from plasticity_lab.agents import MLP, Agent
-    from plasticity_lab.agents.fused import FusedAgent
-    from plasticity_lab.agents.optimizers import make_optimizer
 
     torch.manual_seed(0)
     net = MLP(20, [5], 1).double()
     twin = copy.deepcopy(net)
     slow = Agent(net, make_optimizer(net.parameters(), "sgd", 0.01), loss="mse")
-    fast = FusedAgent(Agent(twin, make_optimizer(twin.parameters(), "sgd", 0.01), loss="mse"))
+    fast = FusedAgent(Agent(twin, make_optimizer(twin.parameters(), "sgd", 0.01), loss="mse"), compiled_step=compiled)
     for batch in (1, 3):
         x, y = torch.randint(0, 2, (batch, 20)).double(), torch.randn(batch, dtype=torch.float64)
         a, b = slow.observe(x, y), fast.observe(x, y)
         assert float(a.loss) == pytest.approx(float(b.loss), rel=1e-12)
         for p, q in zip(net.parameters(), twin.parameters()):
             assert torch.allclose(p, q, atol=1e-12)
+    assert (fast.stepper().compiled is not None) == compiled
+
+
+def _stack_of(seeds: int, compiled: bool, act: str = "relu", sums: bool = True, bias: bool = True):
+    """N fused agents of one 12-8-6-5 MLP configuration (float64, seed-dependent weights) and their stacked step."""
+    from plasticity_lab.agents.stacked import StackedStep
+
+    agents = []
+    for n in range(seeds):
+        torch.manual_seed(n)
+        net = MLP(12, [8, 6], 5, activation=act, bias=bias).double()
+        agents.append(FusedAgent(Agent(net, make_optimizer(net.parameters(), "sgd", 0.1, weight_decay=0.01)),
+                                 weight_abs_sums=sums, compiled_step=compiled))
+    return agents, StackedStep(agents)
+
+
+@pytest.mark.parametrize("act", ["relu", "tanh", "sigmoid", "linear"])
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no_bias"])
+def test_the_compiled_step_of_stacked_seeds_equals_the_torch_ops_step(act, bias):
+    """Three seeds, 30 batch-1 steps, half of them under task heads that mask
+    logits to -inf: every output of the step, the weights and the |W| sums of
+    the compiled call equal the PyTorch ops' in float64 (1e-10: the two sum
+    products in different orders, ~1e-16 per step, grown over 30 updates)."""
+    fast, a = _stack_of(3, True, act, bias=bias)
+    slow, b = _stack_of(3, False, act, bias=bias)
+    assert a.compiled is not None and b.compiled is None
+    g = torch.Generator().manual_seed(0)
+    for t in range(30):
+        for agent in fast + slow:
+            agent.use_head((0, 2, 4) if t >= 15 else None)
+        x = torch.randn(3, 1, 12, generator=g, dtype=torch.float64)
+        y = torch.tensor([[0], [2], [4]]) if t >= 15 else torch.randint(0, 5, (3, 1), generator=g)
+        ra, rb = a.step(x, y), b.step(x, y)
+        for u, v in zip(ra[:3], rb[:3]):
+            assert u.shape == v.shape and torch.allclose(u.double(), v.double(), atol=1e-10), t
+        assert all(torch.allclose(u, v, atol=1e-10) for u, v in zip(ra[3], rb[3]))
+        assert all(torch.allclose(u, v, atol=1e-10) for n in range(3) for u, v in zip(ra[4](n), rb[4](n)))
+    for w, v in zip(a.weights + [x for x in a.biases if x is not None], b.weights + [x for x in b.biases if x is not None]):
+        assert torch.allclose(w, v, atol=1e-10)
+    for (r1, c1), (r2, c2) in zip(a.abs_sums, b.abs_sums):
+        assert torch.allclose(r1, r2, atol=1e-10) and torch.allclose(c1, c2, atol=1e-10)
+
+
+def test_a_seed_in_the_compiled_stack_equals_it_alone_exactly():
+    """Each seed's pass is the same loop alone as among stacked seeds, so its bits are the same."""
+    together, stack = _stack_of(3, True)
+    alone = _stack_of(1, True)[0][0]  # seed 0's net, as together[0] starts
+    g = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        x, y = torch.randn(3, 1, 12, generator=g, dtype=torch.float64), torch.randint(0, 5, (3, 1), generator=g)
+        stack.step(x, y)
+        alone.observe(x[0], y[0])
+    assert stack.compiled is not None and alone.stepper().compiled is not None
+    for p, q in zip(together[0].model.parameters(), alone.model.parameters()):
+        assert torch.equal(p, q)
+
+
+def test_the_compiled_step_says_why_it_does_not_run():
+    from plasticity_lab.agents.compiled_step import compiled_reason
+
+    _, stack = _stack_of(1, True)
+    acts, weights = stack.acts, stack.weights
+    assert compiled_reason(acts, "cross_entropy", weights, deferring=False) is None
+    assert "deferred" in compiled_reason(acts, "cross_entropy", weights, deferring=True)
+    assert "loss mse with 5 outputs" in compiled_reason(acts, "mse", weights, deferring=False)
+    assert "float16" in compiled_reason(acts, "cross_entropy", [w.half() for w in weights], deferring=False)
+    leaky = MLP(12, [8], 5, activation="leaky_relu").acts
+    assert "leaky_relu" in compiled_reason(leaky, "cross_entropy", weights, deferring=False)
+    assert _stack_of(1, False)[1].compiled_reason == "train.compiled_step=false"
+
+
+def test_a_kernel_name_must_be_built_in_code_of_an_activation_with_a_derivative(register_for_test):
+    with pytest.raises(TypeError, match="kernel= names built-in code"):
+        register_for_test(activations, "bad_kernel", lambda x: x, kernel="gelu", derivative=lambda z, h: h)
+    with pytest.raises(TypeError, match="kernel= names built-in code"):
+        register_for_test(activations, "no_derivative", lambda x: x, kernel="relu")
 
 
 @pytest.mark.parametrize("act", ["relu", "tanh"])
@@ -135,6 +207,7 @@ def test_deferred_updates_are_applied_before_the_weights_are_read(tiny_run, tmp_
     on = tiny_run("train.batch_size=1", base=BASE, out="on")
     off = tiny_run("train.batch_size=1", "train.deferred_updates=0", base=BASE, out="off")
     assert on["deferred_updates"] == 16 and off["deferred_updates"] == 0
+    assert not on["compiled_step"] and off["compiled_step"]  # deferring steps stay PyTorch ops
     assert on["online_accuracy"] == pytest.approx(off["online_accuracy"], abs=0.01)
     for row_on, row_off in zip(on["acc_matrix"], off["acc_matrix"]):
         assert row_on == pytest.approx(row_off, abs=0.01)
@@ -151,6 +224,11 @@ def test_deferral_is_used_only_where_it_pays(tiny_run):
 
     assert pays_off(9_600_000, 1, 16) and not pays_off(1_800_000, 1, 16) and not pays_off(9_600_000, 16, 16)
     assert tiny_run("train.batch_size=1", base=BASE)["deferred_updates"] == 0  # a tiny net: cache-resident weights
+
+
+def test_a_run_reports_whether_its_steps_ran_compiled(tiny_run):
+    assert tiny_run("train.batch_size=1", base=BASE, out="on")["compiled_step"] is True
+    assert tiny_run("train.batch_size=1", "train.compiled_step=false", base=BASE, out="off")["compiled_step"] is False
 
 
 def test_fast_true_says_why_it_cannot_run(tiny_run):
