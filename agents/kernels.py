@@ -30,6 +30,11 @@ _SOURCE = r"""
 #include <cmath>
 #include <vector>
 
+// Matrices smaller than this are done by one thread: waking others costs more than their share
+// (and a thread of a busy machine may not wake soon). Thread 0's partial sums then hold everything;
+// the others' stay zero, which adds nothing.
+constexpr int64_t PARALLEL_MIN = 262144;
+
 // One pass over W (n x m, row-major): optionally g_j = sum_k d_k W_kj with the old W (BACK), then
 // W_kj <- f W_kj - lr d_k h_j and, with SUMS, rows_k = sum_j |W_kj|, cols_j = sum_k |W_kj| (new W).
 template <typename T, bool BACK, bool SUMS>
@@ -37,7 +42,7 @@ void run(T* w, const T* d, const T* h, T lr, T f, T* rows, T* cols, T* g, int64_
   constexpr int per = (SUMS ? 1 : 0) + (BACK ? 1 : 0);
   const int nt = omp_get_max_threads();
   std::vector<T> part(static_cast<size_t>(nt) * m * per, T(0));
-  #pragma omp parallel
+  #pragma omp parallel if (n * m >= PARALLEL_MIN)
   {
     T* acc = part.data() + static_cast<size_t>(omp_get_thread_num()) * m * per;
     T* gacc = SUMS ? acc + m : acc;
@@ -103,7 +108,7 @@ void update_abs_sums(torch::Tensor w, torch::Tensor d, torch::Tensor h, double l
 // z = W h + b for one seed's layer (one output per row: each a dot product done by one thread).
 template <typename T>
 void forward(const T* w, const T* b, const T* h, T* z, int64_t n, int64_t m) {
-  #pragma omp parallel for schedule(static) if (n * m >= 262144)
+  #pragma omp parallel for schedule(static) if (n * m >= PARALLEL_MIN)
   for (int64_t k = 0; k < n; ++k) {
     const T* row = w + k * m;
     T s = 0;

@@ -2,13 +2,16 @@
 (784-2000-2000-2000-10, SGD lr 0.003): a plain PyTorch autograd loop, the
 lab's autograd path (Agent.observe + the runner's hook dispatch and
 accumulators), the lab's fused path (agents/fused.py) with its updates
-deferred (agents/pending.py, what ``lab run`` uses for backprop) and applied
-at once (what it uses when an intervention acts every step), and continual
-backprop on each (the paper's cfg: adaptable contribution, decay 0.99, maturity 100,
-replacement rate 1e-4). All measured
-in one process, alternating, median of repeats. Last line: JSON.
+deferred (agents/pending.py, what ``lab run`` uses for backprop on the
+paper's net) and applied at once (what it uses when an intervention acts every
+step, and for nets too small for deferral to pay), and continual backprop on
+each (the paper's cfg: adaptable contribution, decay 0.99, maturity 100,
+replacement rate 1e-4). The updates-at-once rows run as one compiled call on
+the CPU (agents/compiled_step.py); the ``_ops`` rows are the same steps in
+PyTorch ops (``train.compiled_step=false``). All measured in one process,
+alternating, median of repeats. Last line: JSON.
 
-    python benchmarks/online_step.py [--steps 300] [--repeats 3] [--width 2000] [--device cuda]
+    python benchmarks/online_step.py [--steps 300] [--repeats 3] [--width 2000] [--threads 1] [--device cuda]
 
 On a GPU the fused agents replay their step as a CUDA graph (agents/cuda_graph.py)
 and do not defer updates, as ``lab run device=cuda`` does.
@@ -69,7 +72,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--width", type=int, default=2000)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=1, help="intra-op threads (lab run's choice at batch 1: 1)")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     dev, gpu = args.device, args.device.startswith("cuda")
     g = torch.Generator().manual_seed(0)
     x, y = torch.rand(args.steps, 784, generator=g).to(dev), torch.randint(0, 10, (args.steps,), generator=g).to(dev)
@@ -80,10 +85,16 @@ def main() -> None:
         FusedAgent(make(args.width, device=dev), deferred_updates=0 if gpu else 16, cuda_graphs=gpu),
         FusedAgent(make(args.width, device=dev), cuda_graphs=gpu),
         FusedAgent(make(args.width, device=dev), weight_abs_sums=True, cuda_graphs=gpu))
-    cbp_iv, fused_cbp_iv = (interventions.get("cbp")(replacement_rate=1e-4, maturity_threshold=100) for _ in range(2))
+    fused_now_ops, fused_cbp_ops = (
+        FusedAgent(make(args.width, device=dev), cuda_graphs=gpu, compiled_step=False),
+        FusedAgent(make(args.width, device=dev), weight_abs_sums=True, cuda_graphs=gpu, compiled_step=False))
+    cbp_iv, fused_cbp_iv, ops_cbp_iv = (interventions.get("cbp")(replacement_rate=1e-4, maturity_threshold=100)
+                                        for _ in range(3))
     cbp_iv.on_run_start(cbp)
     fused_cbp_iv.on_run_start(fused_cbp)
-    rates: dict[str, list[float]] = {"plain": [], "lab": [], "lab_cbp": [], "fused": [], "fused_now": [], "fused_cbp": []}
+    ops_cbp_iv.on_run_start(fused_cbp_ops)
+    rates: dict[str, list[float]] = {"plain": [], "lab": [], "lab_cbp": [], "fused": [], "fused_now": [], "fused_cbp": [],
+                                     "fused_now_ops": [], "fused_cbp_ops": []}
     for _ in range(args.repeats):
         rates["plain"].append(plain_loop(plain, x, y))
         rates["lab"].append(lab_loop(lab, x, y, []))
@@ -91,19 +102,24 @@ def main() -> None:
         rates["fused"].append(lab_loop(fused, x, y, []))
         rates["fused_now"].append(lab_loop(fused_now, x, y, []))
         rates["fused_cbp"].append(lab_loop(fused_cbp, x, y, [fused_cbp_iv.after_step]))
+        rates["fused_now_ops"].append(lab_loop(fused_now_ops, x, y, []))
+        rates["fused_cbp_ops"].append(lab_loop(fused_cbp_ops, x, y, [ops_cbp_iv.after_step]))
     med = {k: statistics.median(v) for k, v in rates.items()}
     for k, v in med.items():
-        print(f"{k:<9} {v:8.1f} steps/s   ({1000 / v:.2f} ms/step)")
+        print(f"{k:<13} {v:8.1f} steps/s   ({1000 / v:.2f} ms/step)")
     result = {"width": args.width, "device": dev, "threads": torch.get_num_threads(), "steps_per_s": {k: round(v, 1) for k, v in med.items()},
               "lab_over_plain": round(med["lab"] / med["plain"], 3), "fused_over_plain": round(med["fused"] / med["plain"], 3),
               "cbp_step_cost_vs_bp": round(med["lab"] / med["lab_cbp"], 3),
               "fused_now_over_plain": round(med["fused_now"] / med["plain"], 3),
               "fused_cbp_step_cost_vs_fused_bp": round(med["fused_now"] / med["fused_cbp"], 3),
-              "fused_cbp_step_cost_vs_lab_bp": round(med["fused"] / med["fused_cbp"], 3)}
+              "fused_cbp_step_cost_vs_lab_bp": round(med["fused"] / med["fused_cbp"], 3),
+              "compiled_over_ops": round(med["fused_now"] / med["fused_now_ops"], 3),
+              "compiled_over_ops_cbp": round(med["fused_cbp"] / med["fused_cbp_ops"], 3)}
     print(f"lab / plain {result['lab_over_plain']}   fused / plain {result['fused_over_plain']} "
           f"(updates at once: {result['fused_now_over_plain']})")
     print(f"CBP step cost / BP: autograd {result['cbp_step_cost_vs_bp']}, fused {result['fused_cbp_step_cost_vs_fused_bp']} "
           f"(vs the same step without CBP), {result['fused_cbp_step_cost_vs_lab_bp']} (vs the lab's backprop step)")
+    print(f"compiled step / PyTorch ops: {result['compiled_over_ops']} (with CBP: {result['compiled_over_ops_cbp']})")
     print(json.dumps(result))
 
 
