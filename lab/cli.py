@@ -493,7 +493,8 @@ def _list(as_json: bool, markdown: bool) -> int:
     }
     facts = {
         "activations": {n: {"exact zeros": activations.facts(n).exact_zeros,
-                            "fused path": activations.facts(n).derivative is not None} for n in activations.names()},
+                            "fused path": activations.facts(n).derivative is not None,
+                            "compiled step": activations.facts(n).kernel is not None} for n in activations.names()},
         "metrics": {record_name(n, metrics.facts(n)): {"unit": metrics.facts(n).unit, "when": when_text(metrics.facts(n))}
                     for n in metrics.names()},
     }
