@@ -119,7 +119,8 @@ class FusedAgent(Agent):
     def for_plan(cls, agent: Agent, plan: HookPlan, batch_size: int, deferred_updates: int,
                  cuda_graphs: bool, compiled_step: bool = True) -> "FusedAgent":
         """The fused agent for a run with these hooks: their weight decay folded
-        in, |W| sums when an intervention reads them, CUDA graphs on a GPU, and
+        in, |W| sums when an intervention reads them, CUDA graphs on a GPU, the
+        compiled step for batch-1 runs (built only for them), and
         updates deferred only where nothing reads the weights between steps and
         it pays off (agents/pending.py ``pays_off``)."""
         graphs = cuda_graphs and agent.model.layers[0].weight.device.type == "cuda"
@@ -127,7 +128,8 @@ class FusedAgent(Agent):
         defer = (not (plan.reads_weights_between_steps or plan.needs_weight_abs_sums or graphs)
                  and pays_off(weights, batch_size, deferred_updates))
         return cls(agent, extra_decay=plan.weight_decay, deferred_updates=deferred_updates if defer else 0,
-                   weight_abs_sums=plan.needs_weight_abs_sums, cuda_graphs=graphs, compiled_step=compiled_step)
+                   weight_abs_sums=plan.needs_weight_abs_sums, cuda_graphs=graphs,
+                   compiled_step=compiled_step and batch_size == 1)
 
     @property
     def compiled(self) -> bool:
