@@ -45,7 +45,9 @@ def compiled_reason(acts: list, loss_name: str, weights: list[torch.Tensor], def
     if deferring:
         return "updates are deferred (train.deferred_updates)"
     codes = {act_code(a) for a in acts}
-    if None in codes or len(codes) > 1:
+    if len(codes) > 1:
+        return "the hidden layers' activations differ"
+    if None in codes:
         return f"activation {acts[0]!r} has no built-in code (registration: kernel=...)"
     if loss_name not in ("cross_entropy", "mse") or (loss_name == "mse" and weights[-1].shape[1] != 1):
         return f"loss {loss_name} with {weights[-1].shape[1]} outputs"

@@ -95,6 +95,8 @@ void update_abs_sums(torch::Tensor w, torch::Tensor d, torch::Tensor h, double l
               rows.is_contiguous() && cols.is_contiguous() && g.is_contiguous(), "contiguous 2-d or 3-d weights");
   const bool back = g.numel() > 0;
   const int64_t seeds = w.dim() == 3 ? w.size(0) : 1, n = w.size(-2), m = w.size(-1);
+  TORCH_CHECK(d.numel() == seeds * n && rows.numel() == seeds * n && h.numel() == seeds * m && cols.numel() == seeds * m &&
+              (!back || g.numel() == seeds * m), "one (out) and (in) vector per seed");
   AT_DISPATCH_FLOATING_TYPES(w.scalar_type(), "update_abs_sums", [&] {
     for (int64_t s = 0; s < seeds; ++s) {
       update<scalar_t>(back, true, w.data_ptr<scalar_t>() + s * n * m, d.data_ptr<scalar_t>() + s * n,
@@ -149,6 +151,7 @@ std::vector<torch::Tensor> online_step(torch::Tensor x, torch::Tensor y, std::ve
   // layer's delta (N, 1, out_l), bottom layer first.
   const int64_t L = weights.size(), N = x.size(0);
   const bool sums = !rows.empty();
+  TORCH_CHECK(L > 0, "at least one layer");
   TORCH_CHECK(x.dim() == 2 && x.is_contiguous() && y.dim() == 1 && y.size(0) == N && y.is_contiguous(), "x (N, in), y (N,)");
   TORCH_CHECK(static_cast<int64_t>(biases.size()) == L && (!sums || (static_cast<int64_t>(rows.size()) == L &&
               static_cast<int64_t>(cols.size()) == L)), "one bias (and |W| sums) entry per layer");
@@ -158,11 +161,19 @@ std::vector<torch::Tensor> online_step(torch::Tensor x, torch::Tensor y, std::ve
     TORCH_CHECK(weights[l].size(2) == (l ? weights[l - 1].size(1) : x.size(1)), "layer shapes chain");
     TORCH_CHECK(biases[l].numel() == 0 || (biases[l].is_contiguous() && biases[l].numel() == N * weights[l].size(1)),
                 "contiguous (N, out) biases");
-    TORCH_CHECK(!sums || (rows[l].is_contiguous() && cols[l].is_contiguous()), "contiguous |W| sums");
+    TORCH_CHECK(weights[l].device() == x.device() && (biases[l].numel() == 0 || biases[l].device() == x.device()),
+                "x, weights and biases on one device");
+    TORCH_CHECK(!sums || (rows[l].is_contiguous() && cols[l].is_contiguous() && rows[l].numel() == N * weights[l].size(1) &&
+                          cols[l].numel() == N * weights[l].size(2)), "contiguous (N, out) and (N, in) |W| sums");
   }
   const int64_t C = weights[L - 1].size(1);
   TORCH_CHECK(!mse || C == 1, "the mean squared error of one output");
   TORCH_CHECK(mask.numel() == 0 || (mask.is_contiguous() && mask.numel() == N * C), "an (N, out) mask");
+  if (!mse) {  // every target checked before any seed's weights change
+    TORCH_CHECK(y.scalar_type() == torch::kLong, "int64 class targets");
+    const int64_t* t = y.data_ptr<int64_t>();
+    for (int64_t s = 0; s < N; ++s) TORCH_CHECK(t[s] >= 0 && t[s] < C, "target ", t[s], " is out of bounds for ", C, " classes");
+  }
   auto opts = x.options();
   std::vector<torch::Tensor> zs, hs, ds;
   for (int64_t l = 0; l < L; ++l) {
@@ -202,7 +213,6 @@ std::vector<torch::Tensor> online_step(torch::Tensor x, torch::Tensor y, std::ve
         d[0] = T(2) * diff;
       } else {  // cross-entropy: loss = logsumexp(z) - z_y, dL/dz = softmax(z) - onehot(y)
         const int64_t target = y.data_ptr<int64_t>()[s];
-        TORCH_CHECK(target >= 0 && target < C, "target ", target, " is out of bounds for ", C, " classes");
         T mx = z[0];
         int64_t arg = 0;
         for (int64_t c = 1; c < C; ++c) if (z[c] > mx) { mx = z[c]; arg = c; }

@@ -148,6 +148,15 @@ def test_a_seed_in_the_compiled_stack_equals_it_alone_exactly():
         assert torch.equal(p, q)
 
 
+def test_a_bad_target_in_the_compiled_step_changes_no_seed():
+    """Every target is checked before any seed's weights change (as PyTorch's cross-entropy raises before the update)."""
+    agents, stack = _stack_of(2, True)
+    before = [w.clone() for w in stack.weights]
+    with pytest.raises(RuntimeError, match="target 7 is out of bounds for 5 classes"):
+        stack.step(torch.randn(2, 1, 12, dtype=torch.float64), torch.tensor([[1], [7]]))
+    assert all(torch.equal(w, v) for w, v in zip(stack.weights, before))
+
+
 def test_the_compiled_step_says_why_it_does_not_run():
     from plasticity_lab.agents.compiled_step import compiled_reason
 
