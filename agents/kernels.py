@@ -17,12 +17,17 @@ PyTorch ops, with a warning.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
+import logging
 import os
 import platform
 import sys
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+import torch
 
 _SOURCE = r"""
 #include <torch/extension.h>
@@ -258,39 +263,64 @@ failure: str | None = None
 """Why the code could not be built (None: built, or not tried yet)."""
 
 
-def _cpu_tag() -> str:
-    """A short hash of this CPU's model and instruction-set flags: the build uses
-    ``-march=native`` (the |W|-sums loop then costs ~0.4 ms instead of ~1.2 ms per
-    step on the paper's net), so a home directory shared by different CPUs keeps one build per CPU."""
+def _tag() -> str:
+    """A short hash of this CPU's model and instruction-set flags, the source, torch's and Python's versions:
+    the build uses ``-march=native`` (the |W|-sums loop then costs ~0.4 ms instead of ~1.2 ms per step on
+    the paper's net), so a home directory shared by different CPUs or environments keeps one build for
+    each, and a changed source gets a new build, never a stale one."""
     try:
         info = Path("/proc/cpuinfo").read_text()
         ident = next((line for line in info.splitlines() if line.startswith(("flags", "Features"))), info[:2000])
     except OSError:
         ident = platform.processor() or platform.machine()
-    source = hashlib.sha1(_SOURCE.encode()).hexdigest()[:6]  # a changed source gets a new build, not a stale one
-    return hashlib.sha1(ident.encode()).hexdigest()[:10] + source
+    return hashlib.sha1("\n".join([ident, _SOURCE, torch.__version__, sys.version]).encode()).hexdigest()[:16]
 
 
-def _built(name: str) -> bool:
-    from torch.utils.cpp_extension import get_default_build_root
+@contextmanager
+def _cpp_extension():
+    """torch.utils.cpp_extension, imported without the CUDA notes it logs on import (this code is CPU-only)."""
+    log = logging.getLogger("torch.utils.cpp_extension")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        from torch.utils import cpp_extension
 
-    root = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or get_default_build_root())
-    return any(root.glob(f"*/{name}/{name}*.so"))
+        yield cpp_extension
+    finally:
+        log.setLevel(level)
+
+
+def _load_built(name: str) -> Any:
+    """Extension ``name`` as an earlier process built it (None where none was): loaded
+    directly, as cpp_extension itself loads it, but without its rebuild check, which runs
+    ninja and writes files (in every process, and failing where files cannot grow)."""
+    with _cpp_extension() as cpp:
+        root = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or cpp.get_default_build_root())
+    for so in sorted(root.glob(f"*/{name}/{name}*.so"), key=lambda p: p.stat().st_mtime, reverse=True):
+        spec = importlib.util.spec_from_file_location(so.stem, so)  # its module name is its file's (name or name_vN)
+        try:
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+            return module
+        except ImportError:  # half-written by a build in progress: build (cpp_extension waits for it)
+            continue
+    return None
 
 
 def kernel() -> Any:
     """The compiled extension (built once per machine), or None where it cannot be built."""
     global _kernel, failure
     if _kernel is None and failure is None:
-        from torch.utils.cpp_extension import load_inline
-
-        name = f"plasticity_lab_kernels_{_cpu_tag()}"
-        if not _built(name):
+        name = f"plasticity_lab_kernels_{_tag()}"
+        builds = ((name, ["-O3", "-march=native", "-fopenmp"]), (name + "_portable", ["-O3", "-fopenmp"]))
+        _kernel = next((k for k in (_load_built(n) for n, _ in builds) if k is not None), None)
+        if _kernel is None:
             print("plasticity-lab: building its compiled CPU step (once per machine, ~1 min)", file=sys.stderr, flush=True)
-        for flags in (["-O3", "-march=native", "-fopenmp"], ["-O3", "-fopenmp"]):
+        for build, flags in builds if _kernel is None else ():
             try:
-                _kernel = load_inline(name, cpp_sources=_SOURCE, functions=["update_abs_sums", "online_step"],
-                                      extra_cflags=flags, extra_ldflags=["-fopenmp"])
+                with _cpp_extension() as cpp:
+                    _kernel = cpp.load_inline(build, cpp_sources=_SOURCE, functions=["update_abs_sums", "online_step"],
+                                              extra_cflags=flags, extra_ldflags=["-fopenmp"])
                 break
             except Exception as err:  # no compiler or ninja: PyTorch ops compute the same, slower
                 failure = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"

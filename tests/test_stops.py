@@ -427,6 +427,10 @@ def test_a_run_whose_files_cannot_grow_stops_in_one_line(tmp_path):
     disk would refuse): one line naming the file, exit 2, no partial file left."""
     import resource
 
+    from plasticity_lab.agents import kernels
+
+    kernels.kernel()  # the compiled step's one-off build writes large files: done here, before the limit
+
     def limited():
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write then fails with EFBIG instead of killing the process
         resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, 64 * 1024))
